@@ -1,0 +1,3 @@
+from lsearch.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""The `lsearch` command: parse, call, print. No logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lsearch.errors import UserError
+
+app = typer.Typer(
+    help="Hyperparameter search for label smoothing: accuracy and calibration over seeds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Off a terminal rich assumes 80 columns and would cut table cells; give tables room.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="SQLAlchemy URL of the study storage [default: $LSEARCH_STORAGE or sqlite:///lsearch.db]",
+        show_default=False,
+    ),
+]
+StudyNameOption = Annotated[
+    str | None,
+    typer.Option("--study", help="Study name [default: the only study in the storage]"),
+]
+
+
+def user_errors(command: F) -> F:
+    """Turn a UserError into one line on stderr and exit code 2, with no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def quiet_libraries() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+
+
+@app.command()
+@user_errors
+def run(
+    study: Annotated[
+        str,
+        typer.Option(
+            "--study", help="Study file: a path, or a bundled name (digits, cifar10-resnet18)"
+        ),
+    ] = "digits",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a study-file value: key=value, dotted keys, repeatable"
+        ),
+    ] = None,
+    storage: StorageOption = None,
+    trials: Annotated[
+        int, typer.Option(help="Total finished (complete + pruned) trials the study should reach")
+    ] = 100,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after this many seconds")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    name: Annotated[
+        str | None, typer.Option(help="Study name in the storage [default: the study file's name]")
+    ] = None,
+) -> None:
+    """Run (or continue) a search until the study holds --trials finished trials."""
+    from lsearch.launch import prepare
+    from lsearch.objective import Objective
+    from lsearch.progress import SearchProgress, summary_table
+    from lsearch.search import count_finished, run_until
+    from lsearch.storage import mask_url, resolve_url
+
+    if trials < 1:
+        raise UserError(
+            f"--trials must be at least 1 (got {trials}): it is the study's total of finished trials"
+        )
+    if timeout is not None and timeout <= 0:
+        raise UserError(f"--timeout must be a positive number of seconds (got {timeout:g})")
+    quiet_libraries()
+    url = resolve_url(storage)
+    prepared = prepare(study, set_ or [], url, device, name)
+    spec, found = prepared.spec, prepared.study
+    done = count_finished(found)
+    err.print(
+        f"study [bold]{found.study_name}[/] in {mask_url(url)}: {done} of {trials} trials finished, "
+        f"{len(spec.seeds)} seeds each, on {prepared.device}",
+        highlight=False,
+    )
+    if len(spec.objective.directions) > 1 and spec.pruner.type != "none":
+        err.print("note: Optuna cannot prune a multi-objective study; pruning is off")
+    with SearchProgress(err, trials, done, spec.objective.metric) as progress:
+        objective = Objective(spec, prepared.pool, prepared.device, on_epoch=progress.on_epoch)
+        try:
+            run_until(found, objective, trials, timeout, callbacks=[progress.on_trial])
+        except KeyboardInterrupt:
+            err.print("interrupted: run the same command again to continue the study")
+            raise typer.Exit(130) from None
+    out.print(summary_table(found))
+    finished = count_finished(found)
+    if finished < trials:
+        err.print(f"{finished} of {trials} trials finished; run the same command again to continue")
+
+
+@app.command()
+@user_errors
+def status(storage: StorageOption = None) -> None:
+    """List the studies in a storage with their trial counts by state and best value."""
+    from lsearch.results import STATES, study_rows
+    from lsearch.storage import mask_url, open_storage, resolve_url
+
+    quiet_libraries()
+    url = resolve_url(storage)
+    rows = study_rows(open_storage(url, must_exist=True))
+    table = Table(title=f"studies in {mask_url(url)}")
+    for column in ("study", "direction", *(s.lower() for s in STATES), "best"):
+        table.add_column(column, justify="left" if column == "study" else "right")
+    for row in rows:
+        best = "-" if row.best is None else ", ".join(f"{v:.4f}" for v in row.best)
+        table.add_row(
+            row.name, ", ".join(row.directions), *(str(row.counts[s]) for s in STATES), best
+        )
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def best(
+    study: StudyNameOption = None,
+    storage: StorageOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines")] = False,
+) -> None:
+    """Print the best trial's parameters and metrics (the Pareto front if multi-objective)."""
+    from lsearch.results import best_trials, pick_study, trial_summary
+    from lsearch.storage import open_storage, resolve_url
+
+    quiet_libraries()
+    found = pick_study(open_storage(resolve_url(storage), must_exist=True), study)
+    summaries = [trial_summary(t) for t in best_trials(found)]
+    if as_json:
+        payload: Any = summaries[0] if len(summaries) == 1 else summaries
+        sys.stdout.write(json.dumps({"study": found.study_name, "best": payload}, indent=2) + "\n")
+        return
+    for summary in summaries:
+        table = Table(
+            title=f"study {found.study_name}: best trial {summary['number']}", show_header=False
+        )
+        table.add_column("key")
+        table.add_column("value")
+        for key, value in summary["params"].items():
+            table.add_row(key, f"{value:g}" if isinstance(value, float) else str(value))
+        for key, value in summary.items():
+            if key not in ("params", "number"):
+                table.add_row(key, _show(value))
+        out.print(table)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Datasets as uint8 tensors already on the device, and stratified per-class subsets.
+
+Two sources: scikit-learn's digits (ships inside scikit-learn, offline) and CIFAR-10 in
+the standard `cifar-10-batches-py` folder (read from `data.root`, or downloaded there by
+torchvision where the network allows). Training and validation images are both drawn from
+the training set; CIFAR-10's official test batch is never read, so it stays held out.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lsearch.errors import UserError
+from lsearch.spec import Data
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+# Pretrained torchvision models expect inputs normalised with ImageNet's statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImagePool:
+    """Every image a study may draw from, on the device."""
+
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, for normalising images scaled to [0, 1]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Split:
+    """One seed's disjoint training and validation subsets (uint8 images on the device)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+
+
+def stratified_split(
+    labels: np.ndarray, train_per_class: int, val_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of `train_per_class` training and `val_per_class` validation images per class,
+    disjoint, chosen at random by `seed` (the same seed always gives the same subsets)."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        if len(members) < train_per_class + val_per_class:
+            raise UserError(
+                f"class {cls} has {len(members)} images, fewer than train_per_class + "
+                f"val_per_class = {train_per_class + val_per_class}; lower data.train_per_class "
+                "or data.val_per_class"
+            )
+        chosen = rng.permutation(members)
+        train.append(chosen[:train_per_class])
+        val.append(chosen[train_per_class : train_per_class + val_per_class])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def split_for_seed(pool: ImagePool, data: Data, seed: int) -> Split:
+    split_seed = data.split_seed if data.split_seed is not None else seed
+    train_idx, val_idx = stratified_split(
+        pool.labels.cpu().numpy(), data.train_per_class, data.val_per_class, split_seed
+    )
+    device = pool.images.device
+    train = torch.as_tensor(train_idx, device=device)
+    val = torch.as_tensor(val_idx, device=device)
+    return Split(pool.images[train], pool.labels[train], pool.images[val], pool.labels[val])
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as uint8 N x 1 x 8 x 8 images (0..16 scaled to 0..255)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return images, digits.target.astype(np.int64)
+
+
+def read_cifar10_train(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The five training batches of a `cifar-10-batches-py` folder as uint8 N x 3 x 32 x 32."""
+    images, labels = [], []
+    for name in CIFAR10_TRAIN_BATCHES:
+        with open(folder / name, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _download_cifar10(root: Path) -> None:
+    from torchvision.datasets import CIFAR10
+
+    CIFAR10(root=str(root), train=True, download=True)
+
+
+def load_cifar10_arrays(root: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    folder = root / CIFAR10_FOLDER
+    missing = [name for name in CIFAR10_TRAIN_BATCHES if not (folder / name).is_file()]
+    if missing and download:
+        try:
+            _download_cifar10(root)
+        except Exception as exc:  # torchvision raises URLError, OSError, RuntimeError...
+            raise UserError(
+                f"CIFAR-10 is not in {folder} and could not be downloaded ({type(exc).__name__}: "
+                f"{exc}); extract cifar-10-python.tar.gz under {root} or set data.root"
+            ) from None
+        missing = [name for name in CIFAR10_TRAIN_BATCHES if not (folder / name).is_file()]
+    if missing:
+        raise UserError(
+            f"CIFAR-10 is not in {folder} (missing {', '.join(missing)}); extract "
+            f"cifar-10-python.tar.gz under {root}, set data.root, or set data.download = true"
+        )
+    try:
+        return read_cifar10_train(folder)
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError) as exc:
+        raise UserError(
+            f"{folder} is not a readable cifar-10-batches-py folder ({exc}); "
+            "extract cifar-10-python.tar.gz there again"
+        ) from None
+
+
+def load_pool(data: Data, device: torch.device) -> ImagePool:
+    """Load the study's dataset once per process, straight onto `device`."""
+    if data.dataset == "digits":
+        images, labels = load_digits_arrays()
+        scaled = images.astype(np.float64) / 255.0
+        mean, std = (float(scaled.mean()),), (float(scaled.std()),)
+    else:
+        images, labels = load_cifar10_arrays(Path(data.root), data.download)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return ImagePool(
+        images=_to_device(images, device),
+        labels=_to_device(labels, device),
+        num_classes=int(labels.max()) + 1,
+        mean=mean,
+        std=std,
+    )

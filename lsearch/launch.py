@@ -1,0 +1,53 @@
+"""Everything between parsed arguments and a running search, in an order that checks every
+input a user can get wrong (spec, device, model, data) before the storage is touched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+import torch
+
+from lsearch.data import ImagePool, load_pool
+from lsearch.errors import UserError
+from lsearch.models import build_model, layer_group_count
+from lsearch.search import open_study
+from lsearch.spec import StudySpec, load_spec
+from lsearch.storage import open_storage
+from lsearch.train import resolve_device
+
+
+@dataclass(frozen=True)
+class Prepared:
+    spec: StudySpec
+    device: torch.device
+    pool: ImagePool
+    study: optuna.Study
+
+
+def check_trainable_layers(spec: StudySpec) -> None:
+    groups = layer_group_count(spec.model)
+    low, high = spec.space.trainable_layers.bounds()
+    if high > groups:
+        raise UserError(
+            f"space.trainable_layers goes up to {high:g}, but {spec.model.name} has {groups} "
+            f"layer groups (1 = classifier only ... {groups} = whole network); keep it within "
+            f"1..{groups}"
+        )
+
+
+def prepare(
+    study_file: str,
+    overrides: list[str],
+    storage_url: str,
+    device_name: str,
+    study_name: str | None = None,
+) -> Prepared:
+    spec = load_spec(study_file, overrides)
+    device = resolve_device(device_name)
+    check_trainable_layers(spec)
+    pool = load_pool(spec.data, device)
+    # Load the weights once now, so a bad weights file fails before the storage is touched.
+    build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
+    study = open_study(spec, open_storage(storage_url), study_name)
+    return Prepared(spec, device, pool, study)

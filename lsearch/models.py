@@ -1,0 +1,138 @@
+"""Models and their layer groups, counted from the head.
+
+`trainable_layers = 1` trains the classifier only, 2 adds the last stage, and so on up to
+the whole network. ResNet-18 has 6 groups (fc, layer4, layer3, layer2, layer1, stem); the
+digits CNN has 4 (head, block3, block2, block1). Frozen groups keep their BatchNorm layers
+in eval mode, so their running statistics stay those of the pretrained network.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lsearch.errors import UserError
+from lsearch.spec import Model
+
+
+@dataclass
+class LayeredModel:
+    model: nn.Module
+    groups: list[nn.Module]  # groups[0] is the head; the last is the stem
+    in_channels: int
+    trainable_layers: int = 0  # 0 until freeze(): every group trains
+
+    def freeze(self, trainable_layers: int) -> None:
+        """Let exactly the first `trainable_layers` groups (from the head) train."""
+        if not 1 <= trainable_layers <= len(self.groups):
+            raise ValueError(f"trainable_layers must be in 1..{len(self.groups)}")
+        for index, group in enumerate(self.groups):
+            for param in group.parameters():
+                param.requires_grad_(index < trainable_layers)
+        self.trainable_layers = trainable_layers
+
+    def train_mode(self) -> None:
+        """model.train(), but frozen groups stay in eval mode (BatchNorm statistics fixed)."""
+        self.model.train()
+        if self.trainable_layers:
+            for group in self.groups[self.trainable_layers :]:
+                group.eval()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+class SmallCNN(nn.Module):
+    """A small CNN for 8x8 to 32x32 images: three conv blocks and a linear head."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            )
+
+        self.block1 = block(in_channels, width)
+        self.block2 = nn.Sequential(block(width, 2 * width), nn.MaxPool2d(2))
+        self.block3 = nn.Sequential(block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block3(self.block2(self.block1(x))).flatten(1))
+
+
+@functools.lru_cache(maxsize=4)
+def load_state_dict(weights: str) -> dict[str, torch.Tensor]:
+    """Pretrained weights, read once per process: `imagenet` (torchvision) or a file path."""
+    if weights == "imagenet":
+        from torchvision.models import ResNet18_Weights
+
+        try:
+            return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        except Exception as exc:  # no network: URLError, OSError, ...
+            raise UserError(
+                f"could not fetch torchvision's ImageNet ResNet-18 weights ({type(exc).__name__}: "
+                f"{exc}); set model.weights to a local state-dict file (.pth)"
+            ) from None
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(
+            f"model.weights: no file at {path}; give a state-dict file, 'imagenet' or 'none'"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(
+            f"model.weights: {path} is not a loadable state dict ({exc}); save one with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"model.weights: {path} holds no state dict of tensors")
+    return state
+
+
+def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], head: str) -> None:
+    """Load everything but the classifier head, which is new for the new classes."""
+    backbone = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    missing = [k for k in missing if not k.startswith(f"{head}.")]
+    if missing or unexpected:
+        raise UserError(
+            f"model.weights do not fit this model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); give weights saved from the same architecture"
+        )
+
+
+def build_model(spec: Model, in_channels: int, num_classes: int, seed: int) -> LayeredModel:
+    """A freshly initialised model (seeded) with pretrained weights where the spec asks."""
+    state = None if spec.weights == "none" else load_state_dict(spec.weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if spec.name == "small_cnn":
+            if spec.weights == "imagenet":
+                raise UserError("model.weights = 'imagenet' exists for resnet18 only")
+            net = SmallCNN(in_channels, num_classes, spec.width)
+            groups: list[nn.Module] = [net.head, net.block3, net.block2, net.block1]
+            head = "head"
+        else:
+            from torchvision.models import resnet18
+
+            net = resnet18(num_classes=num_classes)
+            in_channels = 3
+            stem = nn.ModuleList([net.conv1, net.bn1])
+            groups = [net.fc, net.layer4, net.layer3, net.layer2, net.layer1, stem]
+            head = "fc"
+    if state is not None:
+        _load_backbone(net, state, head)
+    return LayeredModel(net, groups, in_channels)
+
+
+def layer_group_count(spec: Model) -> int:
+    return len(build_model(spec.model_copy(update={"weights": "none"}), 3, 2, 0).groups)

@@ -1,0 +1,83 @@
+"""Live progress of a search on a terminal (silent otherwise) and the closing summary table."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lsearch.search import FINISHED
+
+
+def _format(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+class SearchProgress:
+    """Trials done of N, the trial and epoch in flight, and the best value so far."""
+
+    def __init__(self, console: Console, total: int, done: int, metric: str) -> None:
+        self.metric = metric
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[now]}"),
+            TextColumn("best {task.fields[best]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+            transient=False,
+        )
+        self.task = self.progress.add_task("trials", total=total, completed=done, now="", best="-")
+
+    def __enter__(self) -> SearchProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.progress.stop()
+
+    def on_epoch(self, trial_number: int, epoch: int, epochs: int, value: float) -> None:
+        now = f"trial {trial_number} epoch {epoch}/{epochs} {self.metric} {value:.4f}"
+        self.progress.update(self.task, now=now)
+
+    def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        best = "-"
+        if len(study.directions) == 1:
+            try:
+                best = _format(study.best_value)
+            except ValueError:  # no complete trial yet
+                pass
+        self.progress.update(self.task, completed=finished, best=best, now="")
+
+
+def summary_table(study: optuna.Study, top: int = 10) -> Table:
+    """The study's best trials with their parameters and headline metrics."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    trials = sorted(trials, key=lambda t: sign * t.values[0])[:top]
+    table = Table(title=f"study {study.study_name}: top {len(trials)} complete trials")
+    for column in ("trial", "ε", "epochs", "lr", "layers", "val acc", "val ECE", "best ep.", "s"):
+        table.add_column(column, justify="right")
+    for trial in trials:
+        config = trial.user_attrs.get("config", {})
+        table.add_row(
+            str(trial.number),
+            f"{config.get('label_smoothing', float('nan')):.3f}",
+            str(config.get("epochs", "-")),
+            f"{config.get('lr', float('nan')):.2e}",
+            str(config.get("trainable_layers", "-")),
+            _format(trial.user_attrs.get("val_acc")),
+            _format(trial.user_attrs.get("val_ece")),
+            str(trial.user_attrs.get("best_epoch", "-")),
+            f"{trial.user_attrs.get('train_seconds', 0.0):.1f}",
+        )
+    return table

@@ -1,0 +1,84 @@
+"""Read-only views of studies in a storage: counts by state, best trials."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lsearch.errors import UserError
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    name: str
+    directions: list[str]
+    counts: dict[str, int]  # trial state name -> number of trials
+    best: list[float] | None  # the best values (single objective), None when none finished
+
+
+def study_rows(storage: optuna.storages.BaseStorage) -> list[StudyRow]:
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        counts = Counter(t.state.name for t in trials)
+        directions = [d.name.lower() for d in study.directions]
+        best = None
+        if len(directions) == 1 and counts["COMPLETE"]:
+            best = [study.best_value]
+        rows.append(StudyRow(summary.study_name, directions, {s: counts[s] for s in STATES}, best))
+    return rows
+
+
+def pick_study(storage: optuna.storages.BaseStorage, name: str | None) -> optuna.Study:
+    """The named study, or the only one in the storage when no name is given."""
+    names = [
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    ]
+    if name is None:
+        if len(names) == 1:
+            name = names[0]
+        elif not names:
+            raise UserError("this storage holds no study yet; run `lsearch run` first")
+        else:
+            raise UserError(
+                f"this storage holds several studies ({', '.join(names)}); pick one with --study"
+            )
+    if name not in names:
+        known = ", ".join(names) or "none"
+        raise UserError(
+            f"no study named '{name}' in this storage (studies: {known}); check --study"
+        )
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def trial_summary(trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters (searched and fixed) and headline metrics, JSON-ready."""
+    attrs = trial.user_attrs
+    keys = (
+        "val_acc", "val_ece", "val_nll", "val_acc_per_seed", "val_ece_per_seed",
+        "temperature_per_seed", "seeds", "best_epoch", "chosen_epoch", "epochs_run",
+        "train_seconds", "device",
+    )  # fmt: skip
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "values": trial.values,
+        "params": attrs.get("config", trial.params),
+        **{key: attrs[key] for key in keys if key in attrs},
+    }
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The best trial, or the Pareto front of a multi-objective study."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise UserError(f"study '{study.study_name}' has no complete trial yet; run it first")
+    if len(study.directions) > 1:
+        return sorted(study.best_trials, key=lambda t: t.number)
+    return [study.best_trial]

@@ -1,0 +1,323 @@
+"""Study files: load a TOML file, apply `--set` overrides, validate into a frozen StudySpec.
+
+A study file is the unit users share: everything a trial does is decided by the spec, the
+sampled parameters and the seed. This module knows nothing of torch or Optuna.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lsearch.errors import UserError
+
+SEARCH_PARAMS = ("label_smoothing", "epochs", "lr", "trainable_layers")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Param(_Frozen):
+    """One search-space parameter: a fixed value, a list of choices, or a range.
+
+    In a study file: `epochs = 30` (fixed), `label_smoothing = [0.0, 0.1, 0.15]` (choices),
+    or a table `[space.label_smoothing]` with `low`, `high` and an optional `step`.
+    """
+
+    value: float | None = None
+    choices: tuple[float, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_shorthand(cls, raw: Any) -> Any:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number, a list of numbers or a table with low/high")
+        if isinstance(raw, int | float):
+            return {"value": raw}
+        if isinstance(raw, list):
+            return {"choices": raw}
+        return raw
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Param:
+        forms = [
+            self.value is not None,
+            self.choices is not None,
+            self.low is not None or self.high is not None,
+        ]
+        if sum(forms) != 1:
+            raise ValueError("give exactly one of: a fixed value, choices, or low and high")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices must not be empty")
+        if forms[2]:
+            if self.low is None or self.high is None:
+                raise ValueError("a range needs both low and high")
+            if self.low > self.high:
+                raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.step is not None and (self.step <= 0 or not forms[2]):
+            raise ValueError("step must be positive and belongs to a low/high range")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.value is not None
+
+    def bounds(self) -> tuple[float, float]:
+        """The smallest and largest value this parameter can take."""
+        if self.value is not None:
+            return self.value, self.value
+        if self.choices is not None:
+            return min(self.choices), max(self.choices)
+        assert self.low is not None and self.high is not None
+        return self.low, self.high
+
+    def grid(self) -> list[float]:
+        """Every value, for the grid sampler: choices, or a range walked by its step."""
+        if self.value is not None:
+            return [self.value]
+        if self.choices is not None:
+            return list(self.choices)
+        if self.step is None:
+            raise ValueError("the grid sampler needs choices or a step for every range")
+        assert self.low is not None and self.high is not None
+        count = int(round((self.high - self.low) / self.step)) + 1
+        return [round(self.low + i * self.step, 12) for i in range(count)]
+
+
+class Space(_Frozen):
+    """The four parameters lsearch searches; their names are fixed (reports rely on them)."""
+
+    label_smoothing: Param = Param(value=0.1)
+    epochs: Param = Param(value=20)
+    lr: Param = Param(value=1e-3)
+    trainable_layers: Param = Param(value=2)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Space:
+        low, high = self.label_smoothing.bounds()
+        if low < 0 or high >= 1:
+            raise ValueError(
+                f"label_smoothing must lie in [0, 1) (got {low:g} to {high:g}); "
+                "ε = 1 leaves no signal"
+            )
+        low, high = self.lr.bounds()
+        if low <= 0:
+            raise ValueError(f"lr must be positive (got {low:g}); it is searched on a log scale")
+        if self.lr.step is not None:
+            raise ValueError("lr is searched on a log scale, which takes no step; give choices")
+        for name in ("epochs", "trainable_layers"):
+            param: Param = getattr(self, name)
+            values = [param.value, param.low, param.high, param.step, *(param.choices or ())]
+            values = [v for v in values if v is not None]
+            if any(v != int(v) or v < 1 for v in values):
+                raise ValueError(f"{name} must be whole numbers of at least 1")
+        return self
+
+
+class Augment(_Frozen):
+    crop_padding: int = Field(0, ge=0)
+    flip: bool = False
+
+
+class Data(_Frozen):
+    dataset: Literal["digits", "cifar10"] = "digits"
+    root: str = "data"
+    download: bool = True
+    train_per_class: int = Field(100, gt=0)
+    val_per_class: int = Field(100, gt=0)
+    image_size: int | None = Field(None, gt=0)
+    split_seed: int | None = None
+    augment: Augment = Augment()
+
+
+class Model(_Frozen):
+    name: Literal["small_cnn", "resnet18"] = "small_cnn"
+    weights: str = "none"
+    width: int = Field(32, gt=0)
+
+
+class Train(_Frozen):
+    batch_size: int = Field(256, gt=0)
+    eval_batch_size: int = Field(1024, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int | None = Field(10, ge=1)  # epochs without a better mean val acc
+    schedule: Literal["constant", "cosine"] = "constant"
+    smoothing: Literal["uniform", "others"] = "uniform"
+
+
+class Objective(_Frozen):
+    metric: Literal["val_acc", "val_ece", "val_acc+val_ece"] = "val_acc"
+    select_epoch: Literal["best", "final"] = "best"
+
+    @property
+    def directions(self) -> list[str]:
+        return {
+            "val_acc": ["maximize"],
+            "val_ece": ["minimize"],
+            "val_acc+val_ece": ["maximize", "minimize"],
+        }[self.metric]
+
+
+class Sampler(_Frozen):
+    type: Literal["tpe", "random", "grid", "gp"] = "tpe"
+    seed: int | None = 0
+    n_startup_trials: int = Field(10, ge=0)
+
+
+PrunerType = Literal["median", "percentile", "successive_halving", "hyperband", "none"]
+
+
+class Pruner(_Frozen):
+    type: Literal[PrunerType, "patient"] = "median"
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(0, ge=0)
+    interval_steps: int = Field(1, ge=1)
+    percentile: float = Field(25.0, gt=0, lt=100)
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    # For type = "patient": wait this many epochs without improvement before asking `wrapped`.
+    patience: int = Field(3, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+    wrapped: PrunerType = "median"
+
+
+class Storage(_Frozen):
+    heartbeat_interval: int | None = Field(None, ge=1)
+    grace_period: int | None = Field(None, ge=1)
+
+
+class StudySpec(_Frozen):
+    name: str = Field(min_length=1)
+    description: str = ""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    data: Data = Data()
+    model: Model = Model()
+    train: Train = Train()
+    space: Space = Space()
+    objective: Objective = Objective()
+    sampler: Sampler = Sampler()
+    pruner: Pruner = Pruner()
+    storage: Storage = Storage()
+
+    @model_validator(mode="after")
+    def _seeds(self) -> StudySpec:
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct (got {list(self.seeds)})")
+        return self
+
+    @property
+    def searched(self) -> list[str]:
+        return [name for name in SEARCH_PARAMS if not getattr(self.space, name).fixed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that decides a trial's numbers."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def bundled_study_dirs() -> list[Path]:
+    """Where bundled study files live: inside an installed wheel, or in a checkout."""
+    package = Path(__file__).resolve().parent
+    return [package / "studies", package.parent / "studies"]
+
+
+def bundled_study_names() -> list[str]:
+    names = {p.stem for d in bundled_study_dirs() if d.is_dir() for p in d.glob("*.toml")}
+    return sorted(names)
+
+
+def find_study_file(name_or_path: str) -> Path:
+    """A path to a study file, or the name of a bundled one (`digits`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix != ".toml" and "/" not in name_or_path:
+        for directory in bundled_study_dirs():
+            candidate = directory / f"{name_or_path}.toml"
+            if candidate.is_file():
+                return candidate
+    names = ", ".join(bundled_study_names()) or "none found"
+    raise UserError(
+        f"study file '{name_or_path}' not found: give the path to a .toml study file "
+        f"or the name of a bundled study ({names})"
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.batch_size=128` -> (["train", "batch_size"], 128); values are TOML values,
+    and anything that is not valid TOML is taken as a string (`data.root=/data/cifar`)."""
+    key, sep, raw = text.partition("=")
+    keys = key.strip().split(".")
+    if not sep or not all(keys):
+        raise UserError(f"--set '{text}' is not of the form key=value (e.g. train.batch_size=128)")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return keys, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the raw study table with each `key=value` override set."""
+    result = json.loads(json.dumps(raw))
+    for text in overrides:
+        keys, value = parse_override(text)
+        table = result
+        for depth, key in enumerate(keys[:-1]):
+            inner = table.setdefault(key, {})
+            if not isinstance(inner, dict):
+                where = ".".join(keys[: depth + 1])
+                raise UserError(
+                    f"--set {text}: {where} is a plain value, not a table; "
+                    f"set it whole instead (e.g. --set {where}=...)"
+                )
+            table = inner
+        table[keys[-1]] = value
+    return result
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{loc}'; check its spelling against the README's study file keys"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {message}" if loc else message
+
+
+def validate(raw: dict[str, Any], source: str) -> StudySpec:
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(
+            f"{source}: {_format_error(first)} (fix the study file or its --set override)"
+        ) from None
+
+
+def load_spec(name_or_path: str, overrides: Sequence[str] = ()) -> StudySpec:
+    """Read, override and validate a study file; every failure is a one-line UserError."""
+    path = find_study_file(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc}); fix the file's syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot be read ({exc})") from None
+    return validate(apply_overrides(raw, overrides), str(path))

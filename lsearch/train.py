@@ -1,0 +1,250 @@
+"""One seed's training run, an epoch at a time: label-smoothed loss, evaluation, devices.
+
+The hot path keeps every image on the device: a batch is an index slice of one uint8
+tensor, augmentation is batched tensor ops, and on CUDA the model runs in channels_last
+under autocast (bfloat16 where the GPU has it, float16 with a gradient scaler otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lsearch import metrics
+from lsearch.augment import prepare
+from lsearch.data import ImagePool, Split
+from lsearch.errors import UserError
+from lsearch.models import LayeredModel
+from lsearch.spec import Data, Train
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the trial fails, the search goes on."""
+
+
+def smoothed_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, epsilon: float, convention: str = "uniform"
+) -> torch.Tensor:
+    """Cross-entropy against label-smoothed targets, averaged over the batch.
+
+    `uniform` (Szegedy et al., PyTorch's `label_smoothing`): (1 − ε)·onehot + ε/K.
+    `others`: 1 − ε on the target class and ε/(K − 1) on each other class.
+    """
+    if convention == "uniform":
+        return F.cross_entropy(logits, targets, label_smoothing=epsilon)
+    if convention != "others":
+        raise ValueError(f"unknown smoothing convention {convention!r}")
+    num_classes = logits.shape[-1]
+    log_probs = F.log_softmax(logits, dim=-1)
+    smoothed = torch.full_like(log_probs, epsilon / (num_classes - 1))
+    smoothed.scatter_(-1, targets[:, None], 1.0 - epsilon)
+    return -(smoothed * log_probs).sum(dim=-1).mean()
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` takes CUDA when present; asking for CUDA where there is none is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"--device {name}: no CUDA GPU is available here; use --device cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(
+                f"--device {name}: this machine has {count} CUDA device(s), numbered 0..{count - 1}"
+            )
+    elif device.type != "cpu":
+        raise UserError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (model init uses its own)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    train_loss: float
+    val_loss: float  # NLL of the validation labels (no smoothing)
+    val_acc: float
+    val_ece: float
+
+
+@dataclass
+class SeedRun:
+    """Everything one seed trains with; `train_epoch` and `evaluate` advance and measure it."""
+
+    seed: int
+    net: LayeredModel
+    split: Split
+    pool: ImagePool
+    data: Data
+    train: Train
+    epsilon: float
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    generator: torch.Generator
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None
+    mean: torch.Tensor = field(init=False)
+    std: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mean = torch.tensor(self.pool.mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.pool.std, device=self.device).view(1, -1, 1, 1)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _inputs(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
+        x = prepare(
+            images,
+            self.mean,
+            self.std,
+            self.data.image_size,
+            self.net.in_channels,
+            self.data.augment if augment else None,
+            self.generator,
+        )
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train_epoch(self) -> float:
+        """One pass over the training subset in a seeded random order; the mean loss."""
+        images, labels = self.split.train_images, self.split.train_labels
+        count = labels.shape[0]
+        order = torch.randperm(count, generator=self.generator, device=self.generator.device)
+        order = order.to(self.device)
+        batch = self.train.batch_size
+        # A last batch of one image would break BatchNorm in train mode: drop it.
+        stops = [s for s in range(0, count, batch) if min(batch, count - s) > 1 or s == 0]
+        self.net.train_mode()
+        total = torch.zeros((), device=self.device)
+        for start in stops:
+            index = order[start : start + batch]
+            x = self._inputs(images[index], augment=True)
+            with self._autocast():
+                loss = smoothed_cross_entropy(
+                    self.net.model(x), labels[index], self.epsilon, self.train.smoothing
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            total += loss.detach() * index.shape[0]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        mean_loss = total.item() / sum(min(batch, count - s) for s in stops)
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"training loss became {mean_loss} (seed {self.seed})")
+        return mean_loss
+
+    @torch.inference_mode()
+    def predict(self) -> torch.Tensor:
+        """Validation logits (float32, on the device)."""
+        self.net.model.eval()
+        images = self.split.val_images
+        chunks = []
+        for start in range(0, images.shape[0], self.train.eval_batch_size):
+            x = self._inputs(images[start : start + self.train.eval_batch_size], augment=False)
+            with self._autocast():
+                chunks.append(self.net.model(x).float())
+        return torch.cat(chunks)
+
+    def evaluate(self, train_loss: float) -> tuple[EpochMetrics, torch.Tensor]:
+        logits = self.predict()
+        labels = self.split.val_labels
+        result = EpochMetrics(
+            train_loss=train_loss,
+            val_loss=metrics.nll(logits, labels),
+            val_acc=metrics.accuracy(logits, labels),
+            val_ece=metrics.ece(logits, labels),
+        )
+        return result, logits
+
+
+def make_optimizer(
+    params: list[torch.nn.Parameter], train: Train, lr: float
+) -> torch.optim.Optimizer:
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay
+        )
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=train.weight_decay)
+
+
+def start_seed_run(
+    seed: int,
+    net: LayeredModel,
+    split: Split,
+    pool: ImagePool,
+    data: Data,
+    train: Train,
+    epsilon: float,
+    lr: float,
+    epochs: int,
+    device: torch.device,
+) -> SeedRun:
+    """Move a built (and frozen) model to the device and give it its optimizer and RNG."""
+    net.model.to(device)
+    if device.type == "cuda":
+        net.model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(net.trainable_parameters(), train, lr)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        if train.schedule == "cosine"
+        else None
+    )
+    scaler = None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        scaler = torch.amp.GradScaler("cuda")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return SeedRun(
+        seed,
+        net,
+        split,
+        pool,
+        data,
+        train,
+        epsilon,
+        optimizer,
+        scheduler,
+        generator,
+        device,
+        scaler,
+    )
