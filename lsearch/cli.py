@@ -100,7 +100,8 @@ def run(
 
     if trials < 1:
         raise UserError(
-            f"--trials must be at least 1 (got {trials}): it is the study's total of finished trials"
+            f"--trials must be at least 1 (got {trials}): "
+            "it is the study's total of finished trials"
         )
     if timeout is not None and timeout <= 0:
         raise UserError(f"--timeout must be a positive number of seconds (got {timeout:g})")
@@ -110,8 +111,8 @@ def run(
     spec, found = prepared.spec, prepared.study
     done = count_finished(found)
     err.print(
-        f"study [bold]{found.study_name}[/] in {mask_url(url)}: {done} of {trials} trials finished, "
-        f"{len(spec.seeds)} seeds each, on {prepared.device}",
+        f"study [bold]{found.study_name}[/] in {mask_url(url)}: {done} of {trials} trials "
+        f"finished, {len(spec.seeds)} seeds each, on {prepared.device}",
         highlight=False,
     )
     if len(spec.objective.directions) > 1 and spec.pruner.type != "none":

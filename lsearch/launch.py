@@ -27,7 +27,7 @@ class Prepared:
 
 def check_trainable_layers(spec: StudySpec) -> None:
     groups = layer_group_count(spec.model)
-    low, high = spec.space.trainable_layers.bounds()
+    _, high = spec.space.trainable_layers.bounds()
     if high > groups:
         raise UserError(
             f"space.trainable_layers goes up to {high:g}, but {spec.model.name} has {groups} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from types import TracebackType
 
 import optuna
@@ -52,10 +53,8 @@ class SearchProgress:
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         best = "-"
         if len(study.directions) == 1:
-            try:
+            with contextlib.suppress(ValueError):  # no complete trial yet
                 best = _format(study.best_value)
-            except ValueError:  # no complete trial yet
-                pass
         self.progress.update(self.task, completed=finished, best=best, now="")
 
 

@@ -90,7 +90,7 @@ class Param(_Frozen):
         if self.step is None:
             raise ValueError("the grid sampler needs choices or a step for every range")
         assert self.low is not None and self.high is not None
-        count = int(round((self.high - self.low) / self.step)) + 1
+        count = round((self.high - self.low) / self.step) + 1
         return [round(self.low + i * self.step, 12) for i in range(count)]
 
 
