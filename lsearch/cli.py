@@ -59,7 +59,8 @@ def user_errors(command: F) -> F:
 def quiet_libraries() -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs every failed trial with a traceback; lsearch prints one line per failure.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
 

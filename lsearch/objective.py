@@ -149,7 +149,8 @@ class Objective:
                 self.on_epoch(trial.number, epoch, config.epochs, reported)
             if self.prunes:
                 trial.report(reported, epoch)
-                if trial.should_prune():
+                # After the last epoch the work is done: finish the trial rather than prune it.
+                if epoch < config.epochs and trial.should_prune():
                     self._record(
                         trial, history, best_epoch, best_logits, last_logits, started, epoch
                     )

@@ -50,6 +50,11 @@ class SearchProgress:
         self.progress.update(self.task, now=now)
 
     def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            reason = trial.user_attrs.get("fail_reason") or trial.system_attrs.get(
+                "fail_reason", "see the worker's log"
+            )
+            self.progress.console.print(f"trial {trial.number} failed: {reason}", highlight=False)
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         best = "-"
         if len(study.directions) == 1:

@@ -111,6 +111,25 @@ def count_finished(study: optuna.Study) -> int:
 
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+MAX_CONSECUTIVE_FAILURES = 10
+
+
+class StopOnRepeatedFailure:
+    """Stop this process's search after `limit` failed trials in a row: a study whose every
+    trial fails (say, a learning rate that always diverges) must end, not loop forever."""
+
+    def __init__(self, limit: int = MAX_CONSECUTIVE_FAILURES) -> None:
+        self.limit = limit
+        self.in_a_row = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if self.in_a_row >= self.limit:
+            study.stop()
+
+    @property
+    def tripped(self) -> bool:
+        return self.in_a_row >= self.limit
 
 
 def run_until(
@@ -121,11 +140,12 @@ def run_until(
     callbacks: Sequence[TrialCallback] = (),
 ) -> int:
     """Run trials until the study holds `n_finished` complete or pruned trials, the timeout
-    passes, or a round of trials finishes none (every one failed). Returns how many
-    trials this call started."""
+    passes, or MAX_CONSECUTIVE_FAILURES trials in a row fail. Returns how many trials this
+    call started."""
     started_at = time.monotonic()
     started = 0
     stop_at_n = optuna.study.MaxTrialsCallback(n_finished, states=FINISHED)
+    failures = StopOnRepeatedFailure()
     while (remaining := n_finished - count_finished(study)) > 0:
         left = None if timeout is None else timeout - (time.monotonic() - started_at)
         if left is not None and left <= 0:
@@ -135,13 +155,16 @@ def run_until(
             objective,
             n_trials=remaining,
             timeout=left,
-            callbacks=[*callbacks, stop_at_n],
+            callbacks=[*callbacks, stop_at_n, failures],
             catch=(NonFiniteLossError,),
             gc_after_trial=False,
         )
         started += len(study.get_trials(deepcopy=False)) - before
-        if n_finished - count_finished(study) == remaining:
-            break  # nothing finished this round: every trial failed
+        if failures.tripped:
+            raise UserError(
+                f"{failures.limit} trials in a row failed (see their fail_reason user attr); "
+                "fix the search space or training settings and run again"
+            )
         sampler = study.sampler
         if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
             break

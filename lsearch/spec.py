@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lsearch.errors import UserError
 
@@ -102,26 +109,33 @@ class Space(_Frozen):
     lr: Param = Param(value=1e-3)
     trainable_layers: Param = Param(value=2)
 
-    @model_validator(mode="after")
-    def _ranges(self) -> Space:
-        low, high = self.label_smoothing.bounds()
+    @field_validator("label_smoothing")
+    @classmethod
+    def _epsilon(cls, param: Param) -> Param:
+        low, high = param.bounds()
         if low < 0 or high >= 1:
             raise ValueError(
-                f"label_smoothing must lie in [0, 1) (got {low:g} to {high:g}); "
-                "ε = 1 leaves no signal"
+                f"must lie in [0, 1) (got {low:g} to {high:g}); ε = 1 leaves no signal"
             )
-        low, high = self.lr.bounds()
+        return param
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, param: Param) -> Param:
+        low, _ = param.bounds()
         if low <= 0:
             raise ValueError(f"lr must be positive (got {low:g}); it is searched on a log scale")
-        if self.lr.step is not None:
+        if param.step is not None:
             raise ValueError("lr is searched on a log scale, which takes no step; give choices")
-        for name in ("epochs", "trainable_layers"):
-            param: Param = getattr(self, name)
-            values = [param.value, param.low, param.high, param.step, *(param.choices or ())]
-            values = [v for v in values if v is not None]
-            if any(v != int(v) or v < 1 for v in values):
-                raise ValueError(f"{name} must be whole numbers of at least 1")
-        return self
+        return param
+
+    @field_validator("epochs", "trainable_layers")
+    @classmethod
+    def _whole(cls, param: Param) -> Param:
+        values = [param.value, param.low, param.high, param.step, *(param.choices or ())]
+        if any(v != int(v) or v < 1 for v in values if v is not None):
+            raise ValueError("must be whole numbers of at least 1")
+        return param
 
 
 class Augment(_Frozen):

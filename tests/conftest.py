@@ -1,0 +1,80 @@
+"""Shared fixtures: the real `lsearch` command in a subprocess, and a fresh PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+LSEARCH = str(Path(sys.executable).with_name("lsearch"))
+POSTGRES_ENV = "LSEARCH_TEST_POSTGRES"
+POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+# Small enough that a digits trial takes a fraction of a second on one core.
+TINY = [
+    "--set", "data.train_per_class=20",
+    "--set", "data.val_per_class=20",
+    "--set", "space.epochs=3",
+    "--set", "train.batch_size=64",
+]  # fmt: skip
+
+
+def run_lsearch(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed `lsearch` command as a user would, without a terminal."""
+    full_env = {k: v for k, v in os.environ.items() if k != "LSEARCH_STORAGE"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [LSEARCH, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """The PostgreSQL server tests use; its absence fails the tests, it never skips them."""
+    import sqlalchemy
+
+    url = os.environ.get(POSTGRES_ENV, POSTGRES_DEFAULT)
+    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {url} ({exc.orig}); start it "
+            "(pg_ctlcluster ... start) or point ${POSTGRES_ENV} at a server",
+            pytrace=False,
+        )
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    import sqlalchemy
+
+    name = f"lsearch_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    url = sqlalchemy.make_url(postgres_server_url).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
