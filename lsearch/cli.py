@@ -76,9 +76,7 @@ def run(
     ] = "digits",
     set_: Annotated[
         list[str] | None,
-        typer.Option(
-            "--set", help="Override a study-file value: key=value, dotted keys, repeatable"
-        ),
+        typer.Option("--set", help="Override a study-file value: key=value, dotted, repeatable"),
     ] = None,
     storage: StorageOption = None,
     trials: Annotated[
@@ -87,10 +85,44 @@ def run(
     timeout: Annotated[
         float | None, typer.Option(help="Stop starting trials after this many seconds")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda, cuda:N, or cuda:free (the least-shared GPU)")
+    ] = "auto",
     name: Annotated[
         str | None, typer.Option(help="Study name in the storage [default: the study file's name]")
     ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes to start on this machine, sharing the study")
+    ] = 1,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="GPUs for the workers, round robin: 0,1,2,3 (several workers per GPU ok)"
+        ),
+    ] = None,
+    heartbeat_interval: Annotated[
+        int | None,
+        typer.Option(help="Seconds between a running trial's heartbeats; 0 = off [study file: 10]"),
+    ] = None,
+    grace_period: Annotated[
+        int | None,
+        typer.Option(
+            help="Seconds without a heartbeat before a trial is re-queued [study file: 60]"
+        ),
+    ] = None,
+    artifacts: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoint store: a folder, s3://bucket or gs://bucket [study file: artifacts]"
+        ),
+    ] = None,
+    worker_index: Annotated[
+        str,
+        typer.Option(help="This worker's index (or auto): distinct indices draw distinct samples"),
+    ] = "0",
+    quiet: Annotated[
+        bool, typer.Option(help="Print only errors and failed trials (as a worker does)")
+    ] = False,
 ) -> None:
     """Run (or continue) a search until the study holds --trials finished trials."""
     from lsearch.launch import prepare
@@ -98,6 +130,7 @@ def run(
     from lsearch.progress import SearchProgress, summary_table
     from lsearch.search import count_finished, run_until
     from lsearch.storage import mask_url, resolve_url
+    from lsearch.workers import parse_gpus, parse_worker_index, start_workers, wait_for
 
     if trials < 1:
         raise UserError(
@@ -106,29 +139,100 @@ def run(
         )
     if timeout is not None and timeout <= 0:
         raise UserError(f"--timeout must be a positive number of seconds (got {timeout:g})")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers})")
+    gpu_list = parse_gpus(gpus)
+    if gpu_list and device in ("auto", "cpu"):
+        device = "cuda"
+    overrides = list(set_ or [])
+    if heartbeat_interval is not None:
+        overrides.append(f"storage.heartbeat_interval={heartbeat_interval}")
+    if grace_period is not None:
+        overrides.append(f"storage.grace_period={grace_period}")
+    if artifacts is not None:
+        overrides.append(f"checkpoint.location={json.dumps(artifacts)}")
     quiet_libraries()
     url = resolve_url(storage)
-    prepared = prepare(study, set_ or [], url, device, name)
+    supervises = workers > 1 or bool(gpu_list)
+    prepared = prepare(
+        study, overrides, url, device, name, parse_worker_index(worker_index), not supervises
+    )
     spec, found = prepared.spec, prepared.study
     done = count_finished(found)
-    err.print(
-        f"study [bold]{found.study_name}[/] in {mask_url(url)}: {done} of {trials} trials "
-        f"finished, {len(spec.seeds)} seeds each, on {prepared.device}",
-        highlight=False,
-    )
-    if len(spec.objective.directions) > 1 and spec.pruner.type != "none":
-        err.print("note: Optuna cannot prune a multi-objective study; pruning is off")
-    with SearchProgress(err, trials, done, spec.objective.metric) as progress:
-        objective = Objective(spec, prepared.pool, prepared.device, on_epoch=progress.on_epoch)
+    if not quiet:
+        err.print(
+            f"study [bold]{found.study_name}[/] in {mask_url(url)}: {done} of {trials} trials "
+            f"finished, {len(spec.seeds)} seeds each, on {prepared.device}"
+            + (f", {workers} workers" if supervises else ""),
+            highlight=False,
+        )
+        if len(spec.objective.directions) > 1 and spec.pruner.type != "none":
+            err.print("note: Optuna cannot prune a multi-objective study; pruning is off")
+    console = err if not quiet else Console(stderr=True, quiet=True)
+    with SearchProgress(console, trials, done, spec.objective.metric) as progress:
         try:
-            run_until(found, objective, trials, timeout, callbacks=[progress.on_trial])
+            if supervises:
+                run_args = ["--study", study, "--trials", str(trials), "--device", device]
+                for override in overrides:
+                    run_args += ["--set", override]
+                if timeout is not None:
+                    run_args += ["--timeout", str(timeout)]
+                if name is not None:
+                    run_args += ["--name", name]
+                started = start_workers(workers, run_args, gpu_list, url, stagger_s=0.5)
+                codes = wait_for(started, lambda: progress.poll(found))
+                if any(codes):
+                    err.print(f"worker exit codes: {codes}")
+            else:
+                objective = Objective(
+                    spec,
+                    prepared.pool,
+                    prepared.device,
+                    on_epoch=progress.on_epoch,
+                    checkpoints=prepared.checkpoints,
+                )
+                run_until(
+                    found,
+                    objective,
+                    trials,
+                    timeout,
+                    callbacks=[progress.on_trial],
+                    heartbeats=prepared.heartbeats,
+                )
         except KeyboardInterrupt:
             err.print("interrupted: run the same command again to continue the study")
             raise typer.Exit(130) from None
+    if quiet:
+        return
     out.print(summary_table(found))
     finished = count_finished(found)
     if finished < trials:
         err.print(f"{finished} of {trials} trials finished; run the same command again to continue")
+
+
+@app.command()
+@user_errors
+def proxy(
+    storage: StorageOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 13000,
+) -> None:
+    """Serve a storage to many workers through Optuna's gRPC proxy (workers use
+    --storage grpc://HOST:PORT). Workers behind a proxy send no heartbeats: see README."""
+    from optuna.storages import run_grpc_proxy_server
+
+    from lsearch.storage import mask_url, open_storage, resolve_url
+
+    quiet_libraries()
+    url = resolve_url(storage)
+    if url.startswith("grpc://"):
+        raise UserError("lsearch proxy serves a database URL, not another proxy")
+    backend = open_storage(url)
+    err.print(f"serving {mask_url(url)} on grpc://{host}:{port}", highlight=False)
+    try:
+        run_grpc_proxy_server(backend, host=host, port=port)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 @app.command()

@@ -100,8 +100,14 @@ def read_cifar10_train(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     for name in CIFAR10_TRAIN_BATCHES:
         with open(folder / name, "rb") as handle:
             batch = pickle.load(handle, encoding="latin1")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        if not isinstance(batch, dict):
+            raise ValueError(f"{name} holds no batch dict")
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        targets = np.asarray(batch["labels"], dtype=np.int64)
+        if len(targets) != len(data):
+            raise ValueError(f"{name} has {len(data)} images but {len(targets)} labels")
+        images.append(data)
+        labels.append(targets)
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -124,13 +130,14 @@ def load_cifar10_arrays(root: Path, download: bool) -> tuple[np.ndarray, np.ndar
             ) from None
         missing = [name for name in CIFAR10_TRAIN_BATCHES if not (folder / name).is_file()]
     if missing:
+        fix = "" if download else ", or set data.download = true"
         raise UserError(
             f"CIFAR-10 is not in {folder} (missing {', '.join(missing)}); extract "
-            f"cifar-10-python.tar.gz under {root}, set data.root, or set data.download = true"
+            f"cifar-10-python.tar.gz under {root} or set data.root{fix}"
         )
     try:
         return read_cifar10_train(folder)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError) as exc:
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as exc:
         raise UserError(
             f"{folder} is not a readable cifar-10-batches-py folder ({exc}); "
             "extract cifar-10-python.tar.gz there again"

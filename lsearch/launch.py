@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import optuna
 import torch
 
+from lsearch.checkpoint import Checkpoints, open_artifact_store
 from lsearch.data import ImagePool, load_pool
 from lsearch.errors import UserError
 from lsearch.models import build_model, layer_group_count
@@ -23,6 +24,8 @@ class Prepared:
     device: torch.device
     pool: ImagePool
     study: optuna.Study
+    checkpoints: Checkpoints | None
+    heartbeats: bool  # whether dead workers' trials are failed and re-queued
 
 
 def check_trainable_layers(spec: StudySpec) -> None:
@@ -42,12 +45,28 @@ def prepare(
     storage_url: str,
     device_name: str,
     study_name: str | None = None,
+    worker_index: int = 0,
+    trains: bool = True,
 ) -> Prepared:
+    """Check everything, then open the study. `trains=False` (a process that only starts and
+    watches workers) still checks the device but keeps the data off the GPU."""
     spec = load_spec(study_file, overrides)
     device = resolve_device(device_name)
     check_trainable_layers(spec)
-    pool = load_pool(spec.data, device)
+    pool = load_pool(spec.data, device if trains else torch.device("cpu"))
     # Load the weights once now, so a bad weights file fails before the storage is touched.
     build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
-    study = open_study(spec, open_storage(storage_url), study_name)
-    return Prepared(spec, device, pool, study)
+    beats = spec.storage.heartbeat_interval or None
+    storage = open_storage(
+        storage_url,
+        heartbeat_interval=beats,
+        grace_period=spec.storage.grace_period,
+        max_retry=spec.storage.max_retry,
+    )
+    study = open_study(spec, storage, study_name, worker_index)
+    checkpoints = None
+    if spec.checkpoint.enabled:
+        store = open_artifact_store(spec.checkpoint.location)
+        checkpoints = Checkpoints(store, keep_final=spec.checkpoint.keep_final)
+    heartbeats = beats is not None and not storage_url.startswith("grpc://")
+    return Prepared(spec, device, pool, study, checkpoints, heartbeats)

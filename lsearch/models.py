@@ -101,23 +101,27 @@ def load_state_dict(weights: str) -> dict[str, torch.Tensor]:
 def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], head: str) -> None:
     """Load everything but the classifier head, which is new for the new classes."""
     backbone = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
-    missing, unexpected = model.load_state_dict(backbone, strict=False)
-    missing = [k for k in missing if not k.startswith(f"{head}.")]
-    if missing or unexpected:
+    own = model.state_dict()
+    missing = [k for k in own if k not in backbone and not k.startswith(f"{head}.")]
+    unexpected = [k for k in backbone if k not in own]
+    misshapen = [k for k, v in backbone.items() if k in own and own[k].shape != v.shape]
+    if missing or unexpected or misshapen:
         raise UserError(
             f"model.weights do not fit this model (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); give weights saved from the same architecture"
+            f"{unexpected[:3]}, wrong shape {misshapen[:3]}); give weights saved from the same "
+            "architecture"
         )
+    model.load_state_dict(backbone, strict=False)
 
 
 def build_model(spec: Model, in_channels: int, num_classes: int, seed: int) -> LayeredModel:
     """A freshly initialised model (seeded) with pretrained weights where the spec asks."""
+    if spec.name == "small_cnn" and spec.weights == "imagenet":
+        raise UserError("model.weights = 'imagenet' exists for resnet18 only")
     state = None if spec.weights == "none" else load_state_dict(spec.weights)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.name == "small_cnn":
-            if spec.weights == "imagenet":
-                raise UserError("model.weights = 'imagenet' exists for resnet18 only")
             net = SmallCNN(in_channels, num_classes, spec.width)
             groups: list[nn.Module] = [net.head, net.block3, net.block2, net.block1]
             head = "head"

@@ -49,6 +49,21 @@ class SearchProgress:
         now = f"trial {trial_number} epoch {epoch}/{epochs} {self.metric} {value:.4f}"
         self.progress.update(self.task, now=now)
 
+    def poll(self, study: optuna.Study) -> None:
+        """Show the state of the whole study (used while other processes run the trials)."""
+        trials = study.get_trials(deepcopy=False)
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        now = f"running: {', '.join(map(str, running[:8]))}" if running else ""
+        finished = sum(t.state in FINISHED for t in trials)
+        self.progress.update(self.task, completed=finished, best=self._best(study), now=now)
+
+    @staticmethod
+    def _best(study: optuna.Study) -> str:
+        if len(study.directions) == 1:
+            with contextlib.suppress(ValueError):  # no complete trial yet
+                return _format(study.best_value)
+        return "-"
+
     def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.FAIL:
             reason = trial.user_attrs.get("fail_reason") or trial.system_attrs.get(
@@ -56,11 +71,7 @@ class SearchProgress:
             )
             self.progress.console.print(f"trial {trial.number} failed: {reason}", highlight=False)
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        best = "-"
-        if len(study.directions) == 1:
-            with contextlib.suppress(ValueError):  # no complete trial yet
-                best = _format(study.best_value)
-        self.progress.update(self.task, completed=finished, best=best, now="")
+        self.progress.update(self.task, completed=finished, best=self._best(study), now="")
 
 
 def summary_table(study: optuna.Study, top: int = 10) -> Table:

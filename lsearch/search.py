@@ -9,6 +9,8 @@ so that a second process with a different file is refused instead of mixing resu
 from __future__ import annotations
 
 import time
+import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import optuna
@@ -23,8 +25,18 @@ SPEC_ATTR = "lsearch_spec"
 FINGERPRINT_ATTR = "lsearch_spec_fingerprint"
 
 
-def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    sampler = spec.sampler
+def sampler_seed(spec: StudySpec, trials_at_start: int, worker_index: int) -> int | None:
+    """This process's sampler seed. A fresh single-process study draws exactly what the
+    study file's seed says; a process that joins or resumes a study shifts the seed by the
+    trials already there, and each worker by its index, so that no two processes repeat
+    each other's draws (a fixed seed in every worker would)."""
+    if spec.sampler.seed is None:
+        return None
+    return (spec.sampler.seed + trials_at_start + 1_000_003 * worker_index) % 2**32
+
+
+def build_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    sampler = spec.sampler.model_copy(update={"seed": seed}) if seed is not None else spec.sampler
     if sampler.type == "random":
         return optuna.samplers.RandomSampler(seed=sampler.seed)
     if sampler.type == "grid":
@@ -73,14 +85,21 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    spec: StudySpec, storage: optuna.storages.BaseStorage, study_name: str | None = None
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    study_name: str | None = None,
+    worker_index: int = 0,
 ) -> optuna.Study:
     """Create the study, or load it when it exists and was made from the same spec."""
     name = study_name or spec.name
     directions = spec.objective.directions
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    existing = {
+        s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    }
+    trials_at_start = 0
     if name in existing:
         summary = existing[name]
+        trials_at_start = summary.n_trials
         stored = summary.user_attrs.get(FINGERPRINT_ATTR)
         if stored is not None and stored != spec.fingerprint():
             raise UserError(
@@ -96,7 +115,7 @@ def open_study(
         storage=storage,
         study_name=name,
         directions=directions,
-        sampler=build_sampler(spec),
+        sampler=build_sampler(spec, sampler_seed(spec, trials_at_start, worker_index)),
         pruner=build_pruner(spec),
         load_if_exists=True,
     )
@@ -124,12 +143,17 @@ class StopOnRepeatedFailure:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
-        if self.in_a_row >= self.limit:
-            study.stop()
 
     @property
     def tripped(self) -> bool:
         return self.in_a_row >= self.limit
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and, through the storage's callback, re-queue) trials whose worker died."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def run_until(
@@ -138,28 +162,42 @@ def run_until(
     n_finished: int,
     timeout: float | None = None,
     callbacks: Sequence[TrialCallback] = (),
-) -> int:
-    """Run trials until the study holds `n_finished` complete or pruned trials, the timeout
-    passes, or MAX_CONSECUTIVE_FAILURES trials in a row fail. Returns how many trials this
-    call started."""
-    started_at = time.monotonic()
-    started = 0
-    stop_at_n = optuna.study.MaxTrialsCallback(n_finished, states=FINISHED)
+    heartbeats: bool = False,
+    poll_seconds: float = 2.0,
+) -> None:
+    """Run trials, one at a time, until the study holds `n_finished` complete or pruned
+    trials, the timeout passes, or MAX_CONSECUTIVE_FAILURES trials in a row fail.
+
+    Several processes may run this on one study. Before each trial a worker counts the
+    finished and running trials of everyone: re-queued (WAITING) trials of dead workers are
+    taken first, and no new trial starts once finished + running reaches N, so workers
+    overshoot N only when two of them start a trial in the same few milliseconds. A worker
+    with nothing to start waits while others finish the last trials, since with heartbeats
+    on, a running trial whose worker dies comes back as a WAITING retry that still needs a
+    worker. Without heartbeats (gRPC proxy, or heartbeat_interval = 0) a dead worker's trial
+    stays RUNNING for ever, so such a worker leaves instead of waiting.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
     failures = StopOnRepeatedFailure()
-    while (remaining := n_finished - count_finished(study)) > 0:
-        left = None if timeout is None else timeout - (time.monotonic() - started_at)
-        if left is not None and left <= 0:
-            break
-        before = len(study.get_trials(deepcopy=False))
+    while deadline is None or time.monotonic() < deadline:
+        if heartbeats:
+            fail_stale_trials(study)
+        counts = Counter(t.state for t in study.get_trials(deepcopy=False))
+        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        if finished >= n_finished:
+            return
+        if not counts[TrialState.WAITING] and finished + counts[TrialState.RUNNING] >= n_finished:
+            if not heartbeats:
+                return  # the last trials run elsewhere, and a dead worker's would never end
+            time.sleep(poll_seconds)  # the last trials run elsewhere: see how they end
+            continue
         study.optimize(
             objective,
-            n_trials=remaining,
-            timeout=left,
-            callbacks=[*callbacks, stop_at_n, failures],
+            n_trials=1,
+            callbacks=[*callbacks, failures],
             catch=(NonFiniteLossError,),
             gc_after_trial=False,
         )
-        started += len(study.get_trials(deepcopy=False)) - before
         if failures.tripped:
             raise UserError(
                 f"{failures.limit} trials in a row failed (see their fail_reason user attr); "
@@ -167,5 +205,4 @@ def run_until(
             )
         sampler = study.sampler
         if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
-            break
-    return started
+            return

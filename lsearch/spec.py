@@ -208,8 +208,30 @@ class Pruner(_Frozen):
 
 
 class Storage(_Frozen):
-    heartbeat_interval: int | None = Field(None, ge=1)
-    grace_period: int | None = Field(None, ge=1)
+    """Crash handling on database storages: a running trial beats every `heartbeat_interval`
+    seconds; one silent for `grace_period` seconds is failed and re-queued, `max_retry` times
+    at most. 0 turns heartbeats off. The grace period must outlast a database restart."""
+
+    heartbeat_interval: int = Field(10, ge=0)
+    grace_period: int = Field(60, ge=1)
+    max_retry: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _grace(self) -> Storage:
+        if self.heartbeat_interval and self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period ({self.grace_period} s) must be longer than heartbeat_interval "
+                f"({self.heartbeat_interval} s), or live trials would be failed"
+            )
+        return self
+
+
+class Checkpoint(_Frozen):
+    """Per-epoch checkpoints through an Optuna artifact store (a folder, s3://, gs://)."""
+
+    enabled: bool = True
+    location: str = "artifacts"
+    keep_final: bool = False
 
 
 class StudySpec(_Frozen):
@@ -224,6 +246,7 @@ class StudySpec(_Frozen):
     sampler: Sampler = Sampler()
     pruner: Pruner = Pruner()
     storage: Storage = Storage()
+    checkpoint: Checkpoint = Checkpoint()
 
     @model_validator(mode="after")
     def _seeds(self) -> StudySpec:
@@ -241,8 +264,10 @@ class StudySpec(_Frozen):
         return self.model_dump(mode="json")
 
     def fingerprint(self) -> str:
-        """A short hash of everything that decides a trial's numbers."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        """A short hash of everything that decides a trial's numbers (not of how crashes,
+        checkpoints or the description are handled: workers may differ in those)."""
+        decisive = self.model_dump(mode="json", exclude={"description", "storage", "checkpoint"})
+        text = json.dumps(decisive, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

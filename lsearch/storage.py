@@ -1,27 +1,47 @@
 """Storage URLs -> Optuna storages, with settings per database and secrets kept out of output.
 
-SQLite (the default, `sqlite:///lsearch.db` in the working directory) waits on a locked
-database instead of failing; PostgreSQL gets pre-ping so a dropped connection is replaced
-rather than raised, and a connect timeout so an unreachable host fails in seconds.
+SQLite (the default, `sqlite:///lsearch.db` in the working directory) runs in WAL mode and
+waits on a locked database instead of failing. PostgreSQL gets pre-ping, so a connection
+the server dropped is replaced rather than raised, and a connect timeout, so an unreachable
+host fails in seconds. Once a storage has been opened, a lost connection (a database restart)
+makes workers wait and reconnect instead of crashing: see ResilientRDBStorage.
+`grpc://host:port` reaches an `lsearch proxy` (Optuna's gRPC storage proxy).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from lsearch.errors import UserError
+
+log = logging.getLogger("lsearch.storage")
 
 DEFAULT_STORAGE = "sqlite:///lsearch.db"
 STORAGE_ENV = "LSEARCH_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 120
 CONNECT_TIMEOUT_S = 10
+# How long a worker keeps retrying a storage that went away before giving up.
+RECONNECT_TIMEOUT_S = 600.0
 
 
 def resolve_url(url: str | None) -> str:
@@ -75,18 +95,105 @@ def engine_kwargs(url: URL) -> dict[str, Any]:
     return kwargs
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A lost or refused connection (worth waiting out), as opposed to a bad query."""
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    if isinstance(cause, OperationalError | InterfaceError):
+        return True
+    return isinstance(cause, DBAPIError) and cause.connection_invalidated
+
+
+T = TypeVar("T")
+
+
+def _retrying(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> T:
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning(
+                    "storage unreachable (%s); retrying in %.1f s",
+                    type(exc.__cause__ or exc).__name__,
+                    delay,
+                )
+                self.engine.dispose()  # drop pooled connections to the old server
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    return wrapper
+
+
+class ResilientRDBStorage(RDBStorage):
+    """Optuna's RDBStorage whose calls wait out a lost database connection (a restart, a
+    failover) for up to `reconnect_timeout` seconds instead of failing the trial or the
+    worker. The heartbeat thread goes through it too, so it survives the outage."""
+
+    reconnect_timeout: float = RECONNECT_TIMEOUT_S
+
+
+# Every storage call Optuna's study, trial and cache layers make on an RDB storage.
+_RETRIED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "_create_new_trial",
+    "_set_trial_param", "get_trial_id_from_study_id_trial_number", "_get_best_trial_id",
+    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "get_trial", "_get_trials", "record_heartbeat",
+    "_get_stale_trial_ids", "get_all_trials", "get_n_trials", "get_best_trial",
+)  # fmt: skip
+for _name in _RETRIED:
+    setattr(ResilientRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))
+
+
 def sqlite_path(url: URL) -> Path | None:
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
     return Path(url.database)
 
 
-def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage for `url`; every failure becomes a one-line UserError.
+def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
+    host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"storage {url!r}: write a proxy address as grpc://host:port")
+    try:
+        from optuna.storages import GrpcStorageProxy
+
+        proxy = GrpcStorageProxy(host=host, port=int(port))
+        proxy.wait_server_ready(timeout=CONNECT_TIMEOUT_S)
+    except ImportError:
+        raise UserError("grpc:// storages need grpcio: pip install 'lsearch[grpc]'") from None
+    except Exception as exc:
+        raise UserError(
+            f"cannot reach the storage proxy at {host}:{port} ({type(exc).__name__}); "
+            "start it with `lsearch proxy --storage URL` or check the address"
+        ) from None
+    return proxy
+
+
+def open_storage(
+    url: str,
+    *,
+    must_exist: bool = False,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = None,
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`; every failure becomes a one-line UserError.
 
     With `must_exist`, a SQLite file that is not there is an error instead of being created
-    (commands that only read must not leave an empty database behind).
+    (commands that only read must not leave an empty database behind). With a
+    `heartbeat_interval`, running trials beat; one that stops beating for `grace_period`
+    seconds is failed and re-queued (up to `max_retry` times) with the same parameters and
+    its intermediate values, for another worker to resume from its checkpoint.
     """
+    if url.startswith("grpc://"):
+        return _grpc_proxy(url)
     parsed = _parse(url)
     shown = mask_url(url)
     path = sqlite_path(parsed)
@@ -97,8 +204,23 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseS
         )
     if path is not None and not path.parent.is_dir():
         raise UserError(f"storage {shown}: folder {path.parent} does not exist; create it first")
+    heartbeat: dict[str, Any] = {}
+    if heartbeat_interval is not None:
+        heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+                max_retry=max_retry, inherit_intermediate_values=True
+            ),
+        }
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(parsed))
+        storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs(parsed), **heartbeat)
+        if path is not None:
+            # WAL lets readers (the dashboard, status) work while workers write, and
+            # makes concurrent writers wait on each other less. It persists in the file.
+            with storage.engine.connect() as connection:
+                connection.execute(text("PRAGMA journal_mode=WAL"))
+        return storage
     except NoSuchModuleError:
         raise UserError(
             f"storage {shown}: unknown database driver {parsed.drivername!r}; use sqlite:/// "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,15 +46,31 @@ def smoothed_cross_entropy(
     return -(smoothed * log_probs).sum(dim=-1).mean()
 
 
+# Lock files of GPUs this process claimed with `cuda:free`; held open for its lifetime.
+_CLAIMED_GPUS: list[Any] = []
+
+
 def resolve_device(name: str) -> torch.device:
-    """`auto` takes CUDA when present; asking for CUDA where there is none is a user error."""
+    """`auto` takes CUDA when present; asking for CUDA where there is none is a user error.
+    `cuda:free` claims the least-shared GPU of this machine (see workers.claim_gpu)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda:free":
+        import os
+
+        from lsearch.workers import DEFAULT_GPU_LOCKS, GPU_LOCKS_ENV, claim_gpu
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda:free: no CUDA GPU is available here; use cpu or auto")
+        lock_dir = os.environ.get(GPU_LOCKS_ENV, DEFAULT_GPU_LOCKS)
+        index, handle = claim_gpu(torch.cuda.device_count(), lock_dir)
+        _CLAIMED_GPUS.append(handle)
+        return torch.device(f"cuda:{index}")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(
-            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+            f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or cuda:free"
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -171,6 +188,25 @@ class SeedRun:
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(f"training loss became {mean_loss} (seed {self.seed})")
         return mean_loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run bit for bit after the current epoch."""
+        return {
+            "model": self.net.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"].cpu())
 
     @torch.inference_mode()
     def predict(self) -> torch.Tensor:
