@@ -26,9 +26,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
+    IntegrityError,
     InterfaceError,
     NoSuchModuleError,
     OperationalError,
+    ProgrammingError,
     SQLAlchemyError,
 )
 
@@ -167,13 +169,30 @@ def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
         proxy = GrpcStorageProxy(host=host, port=int(port))
         proxy.wait_server_ready(timeout=CONNECT_TIMEOUT_S)
     except ImportError:
-        raise UserError("grpc:// storages need grpcio: pip install 'lsearch[grpc]'") from None
+        raise UserError(
+            "grpc:// storages need grpcio and protobuf: pip install 'lsearch[grpc]'"
+        ) from None
     except Exception as exc:
         raise UserError(
             f"cannot reach the storage proxy at {host}:{port} ({type(exc).__name__}); "
             "start it with `lsearch proxy --storage URL` or check the address"
         ) from None
     return proxy
+
+
+def _create_rdb_storage(
+    url: str, kwargs: dict[str, Any], heartbeat: dict[str, Any]
+) -> ResilientRDBStorage:
+    """Workers started together on a fresh database race to create Optuna's tables; the
+    losers see "already exists" and find the tables there when they try again."""
+    for attempt in range(5):
+        try:
+            return ResilientRDBStorage(url, engine_kwargs=kwargs, **heartbeat)
+        except (IntegrityError, ProgrammingError) as exc:
+            if "already exists" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def open_storage(
@@ -214,7 +233,7 @@ def open_storage(
             ),
         }
     try:
-        storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs(parsed), **heartbeat)
+        storage = _create_rdb_storage(url, engine_kwargs(parsed), heartbeat)
         if path is not None:
             # WAL lets readers (the dashboard, status) work while workers write, and
             # makes concurrent writers wait on each other less. It persists in the file.

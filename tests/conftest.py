@@ -68,7 +68,10 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
     import sqlalchemy
 
     name = f"lsearch_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    # No pooled connections: a test may restart the server under this engine.
+    admin = sqlalchemy.create_engine(
+        postgres_server_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool
+    )
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     url = sqlalchemy.make_url(postgres_server_url).set(database=name)

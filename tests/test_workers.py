@@ -1,0 +1,314 @@
+"""Many workers on one study, crashes and resume: real processes, real databases, real kills."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lsearch.search import sampler_seed
+from lsearch.spec import StudySpec
+from lsearch.workers import claim_gpu, parse_gpus, parse_worker_index, worker_env
+from tests.conftest import LSEARCH, TINY, run_lsearch
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def start_worker(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if k != "LSEARCH_STORAGE"}
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [LSEARCH, "run", *args],
+        cwd=cwd,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(worker: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    _, stderr = worker.communicate(timeout=timeout)
+    return worker.returncode, stderr
+
+
+def assert_study_reached(study: optuna.Study, n: int, workers: int) -> None:
+    states = [t.state for t in study.trials]
+    assert TrialState.FAIL not in states, states
+    assert sum(s in FINISHED for s in states) >= n
+    # Workers check finished + running before each start: they overshoot only in a race.
+    assert len(states) <= n + workers - 1, states
+
+
+def test_four_local_workers_share_a_sqlite_study(tmp_path: Path) -> None:
+    result = run_lsearch(
+        "run", "--workers", "4", "--trials", "8", *TINY, "--set", "space.epochs=4", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "database is locked" not in result.stderr
+    assert "4 workers" in result.stderr
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp_path / 'lsearch.db'}")
+    assert_study_reached(study, 8, 4)
+    assert "top" in result.stdout, "the supervising process prints the summary table"
+
+
+def test_three_worker_processes_share_a_postgresql_study(tmp_path: Path, postgres_url: str) -> None:
+    workers = [
+        start_worker(
+            "--trials",
+            "9",
+            *TINY,
+            "--set",
+            "space.epochs=4",
+            "--storage",
+            postgres_url,
+            "--worker-index",
+            str(index),
+            cwd=tmp_path,
+        )
+        for index in range(3)
+    ]
+    for worker in workers:
+        code, stderr = finish(worker)
+        assert code == 0, stderr
+    study = optuna.load_study(study_name="digits", storage=postgres_url)
+    assert_study_reached(study, 9, 3)
+    # Distinct worker indices seed distinct samplers: the first draws are not repeated.
+    firsts = [tuple(sorted(t.params.items())) for t in study.trials[:3]]
+    assert len(set(firsts)) == 3
+
+
+CRASH_ARGS = (
+    "--set", "data.train_per_class=50", "--set", "data.val_per_class=50",
+    "--set", "space.epochs=30", "--set", "train.patience=100",
+    # Reports every epoch but never prunes: the intermediate values must come out unbroken.
+    "--set", "pruner.n_startup_trials=1000",
+    "--heartbeat-interval", "1", "--grace-period", "3",
+)  # fmt: skip
+
+
+def wait_for_checkpoint(storage: str, epoch: int, deadline_s: float = 180) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            trials = optuna.load_study(study_name="digits", storage=storage).trials
+        except KeyError:  # the study is not created yet
+            trials = []
+        pointer = trials[0].user_attrs.get("checkpoint") if trials else None
+        if pointer and pointer["epoch"] >= epoch:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of epoch {epoch} within {deadline_s} s")
+
+
+def test_a_killed_worker_s_trial_is_retried_and_resumed_from_its_checkpoint(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'crash.db'}"
+    victim = start_worker("--trials", "2", "--storage", storage, *CRASH_ARGS, cwd=tmp_path)
+    wait_for_checkpoint(storage, epoch=2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    survivor = run_lsearch("run", "--trials", "2", "--storage", storage, *CRASH_ARGS, cwd=tmp_path)
+    assert survivor.returncode == 0, survivor.stderr
+
+    study = optuna.load_study(study_name="digits", storage=storage)
+    killed = study.trials[0]
+    assert killed.state == TrialState.FAIL
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
+    assert retry.state == TrialState.COMPLETE
+    attrs = retry.user_attrs
+    resumed_at = attrs["resumed_from_epoch"]
+    assert attrs["resumed_from_trial"] == 0 and resumed_at >= 2
+    # Only the epochs after the checkpoint were trained again.
+    assert attrs["epochs_run"] == 30 and attrs["epochs_trained"] == 30 - resumed_at
+    assert sorted(retry.intermediate_values) == list(range(1, 31))
+    assert len(study.get_trials(states=FINISHED)) == 2
+
+    # The resumed trial is bit for bit the trial that never crashed.
+    reference = f"sqlite:///{tmp_path / 'reference.db'}"
+    clean = run_lsearch("run", "--trials", "1", "--storage", reference, *CRASH_ARGS, cwd=tmp_path)
+    assert clean.returncode == 0, clean.stderr
+    (uninterrupted,) = optuna.load_study(study_name="digits", storage=reference).trials
+    assert uninterrupted.params == retry.params
+    for key in ("curve_val_acc", "curve_val_ece", "curve_train_loss", "val_acc", "val_ece"):
+        assert attrs[key] == uninterrupted.user_attrs[key], key
+    assert retry.intermediate_values == uninterrupted.intermediate_values
+
+    # Finished trials leave no rolling checkpoint behind.
+    assert attrs["checkpoint"] is None
+    assert [p for p in (tmp_path / "artifacts").iterdir()] == []
+
+
+def test_all_workers_dead_then_one_run_continues_the_study(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'dead.db'}"
+    args = ("--trials", "3", "--storage", storage, *CRASH_ARGS)
+    victims = [start_worker(*args, "--worker-index", str(i), cwd=tmp_path) for i in range(2)]
+    wait_for_checkpoint(storage, epoch=1)
+    for victim in victims:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    again = run_lsearch("run", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="digits", storage=storage)
+    assert len(study.get_trials(states=FINISHED)) == 3
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def pg_cluster(action: str) -> None:
+    (version,) = os.listdir("/etc/postgresql")
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=True,
+        timeout=120,
+    )
+
+
+def test_postgresql_restart_mid_study_loses_nothing(tmp_path: Path, postgres_url: str) -> None:
+    args = (
+        "--trials", "12", *TINY, "--set", "space.epochs=30", "--set", "train.patience=100",
+        "--set", 'pruner.type="none"', "--storage", postgres_url,
+    )  # fmt: skip
+    workers = [start_worker(*args, "--worker-index", str(i), cwd=tmp_path) for i in range(2)]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name="digits", storage=postgres_url)
+            done_before = {t.number for t in study.get_trials(states=FINISHED)}
+        except KeyError:
+            done_before = set()
+        if len(done_before) >= 2:
+            break
+        time.sleep(0.2)
+    assert len(done_before) >= 2, "the workers did not get going"
+    pg_cluster("stop")
+    try:
+        time.sleep(4)
+    finally:
+        pg_cluster("start")
+    for worker in workers:
+        code, stderr = finish(worker)
+        assert code == 0, stderr
+        assert "Traceback" not in stderr
+    study = optuna.load_study(study_name="digits", storage=postgres_url)
+    assert_study_reached(study, 12, 2)
+    still_done = {t.number for t in study.get_trials(states=FINISHED)}
+    assert done_before <= still_done
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_workers_through_the_grpc_proxy(tmp_path: Path) -> None:
+    port = free_port()
+    database = f"sqlite:///{tmp_path / 'served.db'}"
+    proxy = subprocess.Popen(
+        [LSEARCH, "proxy", "--storage", database, "--port", str(port)],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        result = run_lsearch(
+            "run", "--workers", "2", "--trials", "4", *TINY,
+            "--storage", f"grpc://127.0.0.1:{port}", cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        proxy.send_signal(signal.SIGINT)
+        proxy.wait(timeout=30)
+    assert f"on grpc://127.0.0.1:{port}" in proxy.stderr.read()
+    study = optuna.load_study(study_name="digits", storage=database)
+    assert len(study.get_trials(states=FINISHED)) >= 4
+    assert not study.get_trials(states=(TrialState.FAIL,))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--storage", "grpc://127.0.0.1:1"], "cannot reach the storage proxy"),
+        (["--storage", "grpc://nohostport"], "grpc://host:port"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--gpus", "0,1"], "no CUDA GPU"),
+        (["--gpus", "0,,1"], "comma-separated"),
+        (["--device", "cuda:free"], "no CUDA GPU"),
+        (["--worker-index", "x"], "--worker-index"),
+        (["--heartbeat-interval", "5", "--grace-period", "3"], "grace_period"),
+    ],
+)
+def test_bad_worker_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run_lsearch("run", *args, *TINY, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "lsearch.db").exists()
+
+
+def test_gpus_are_assigned_round_robin_and_the_url_stays_off_the_command_line() -> None:
+    assert parse_gpus("0,1,2,3") == ["0", "1", "2", "3"]
+    assert parse_gpus(None) == []
+    gpus = parse_gpus("0,1,2,3")
+    url = "postgresql+psycopg://u:secret@h/db"
+    assigned = [worker_env(i, gpus, url)["CUDA_VISIBLE_DEVICES"] for i in range(8)]
+    assert assigned == ["0", "1", "2", "3", "0", "1", "2", "3"]
+    assert worker_env(0, gpus, url)["LSEARCH_STORAGE"] == url
+    # Without --gpus a worker sees the GPUs its parent sees.
+    assert worker_env(0, [], url).get("CUDA_VISIBLE_DEVICES") == os.environ.get(
+        "CUDA_VISIBLE_DEVICES"
+    )
+
+
+def test_claim_gpu_fills_every_gpu_before_sharing_one(tmp_path: Path) -> None:
+    held = [claim_gpu(2, tmp_path) for _ in range(5)]
+    assert [index for index, _ in held] == [0, 1, 0, 1, 0]
+    held[1][1].close()  # a worker on GPU 1 dies: its slot is free again
+    index, handle = claim_gpu(2, tmp_path)
+    assert index == 1
+    handle.close()
+    for _, other in held:
+        other.close()
+
+
+def test_claim_gpu_holds_across_processes(tmp_path: Path) -> None:
+    script = (
+        "import sys, time; from lsearch.workers import claim_gpu; "
+        f"i, h = claim_gpu(2, {str(tmp_path)!r}); print(i, flush=True); time.sleep(30)"
+    )
+    procs = []
+    try:
+        indices = []
+        for _ in range(3):
+            proc = subprocess.Popen(
+                [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+            )
+            procs.append(proc)
+            indices.append(int(proc.stdout.readline()))
+        assert sorted(indices) == [0, 0, 1]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_sampler_seeds_differ_per_worker_and_after_a_resume() -> None:
+    spec = StudySpec(name="x")
+    assert sampler_seed(spec, 0, 0) == spec.sampler.seed == 0
+    seeds = {sampler_seed(spec, 0, worker) for worker in range(8)}
+    assert len(seeds) == 8
+    assert sampler_seed(spec, 5, 0) != sampler_seed(spec, 0, 0)
+    unseeded = StudySpec.model_validate({"name": "x", "sampler": {"seed": None}})
+    assert sampler_seed(unseeded, 3, 1) is None
+    assert parse_worker_index("7") == 7
+    assert parse_worker_index("auto") == parse_worker_index("auto")
