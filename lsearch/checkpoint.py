@@ -84,7 +84,7 @@ class Checkpoints:
                 final_id = upload_artifact(
                     artifact_store=self.store, file_path=str(path), study_or_trial=trial
                 )
-            trial.set_user_attr("final_checkpoint", {"artifact_id": final_id, **pointer})
+            trial.set_user_attr("final_checkpoint", {**pointer, "artifact_id": final_id})
         trial.set_user_attr(CHECKPOINT_ATTR, None)
         self._remove(pointer["artifact_id"])
 

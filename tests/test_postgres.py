@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import optuna
@@ -51,3 +55,59 @@ def test_a_missing_postgresql_database_is_a_user_error(tmp_path: Path, postgres_
     assert 'database "lsearch_no_such_db" does not exist' in result.stderr
     assert "pw9" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def fake_postgres_rejecting_passwords() -> tuple[socket.socket, threading.Thread, list[bytes]]:
+    """A server speaking just enough of PostgreSQL's wire protocol to ask for a password and
+    refuse it as a real server with password auth would (the test server trusts loopback)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def read_exactly(conn: socket.socket, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = conn.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("client went away")
+            data += chunk
+        return data
+
+    def serve() -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    while True:  # SSL / GSS encryption requests: answer "no", then startup
+                        length, code = struct.unpack("!ii", read_exactly(conn, 8))
+                        if code in (80877103, 80877104):
+                            conn.sendall(b"N")
+                            continue
+                        read_exactly(conn, length - 8)
+                        break
+                    conn.sendall(b"R" + struct.pack("!ii", 8, 3))  # cleartext password, please
+                    _kind, length = struct.unpack("!ci", read_exactly(conn, 5))
+                    received.append(read_exactly(conn, length - 4))
+                    fields = (
+                        b'SFATAL\0C28P01\0Mpassword authentication failed for user "lsearch"\0\0'
+                    )
+                    conn.sendall(b"E" + struct.pack("!i", len(fields) + 4) + fields)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread, received
+
+
+def test_a_wrong_password_is_one_line_and_never_printed(tmp_path: Path) -> None:
+    server, _, received = fake_postgres_rejecting_passwords()
+    port = server.getsockname()[1]
+    url = f"postgresql+psycopg://lsearch:Wr0ngPassw0rd@127.0.0.1:{port}/studies"
+    try:
+        for command in (["run", *TINY], ["status"], ["best"]):
+            result = run_lsearch(*command, "--storage", url, cwd=tmp_path)
+            assert result.returncode == 2, result.stderr
+            assert "password authentication failed" in result.stderr
+            assert "Wr0ngPassw0rd" not in result.stdout + result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    finally:
+        server.close()
+    assert any(b"Wr0ngPassw0rd" in message for message in received), "the client sent it"
