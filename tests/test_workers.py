@@ -173,7 +173,7 @@ def pg_cluster(action: str) -> None:
 
 def test_postgresql_restart_mid_study_loses_nothing(tmp_path: Path, postgres_url: str) -> None:
     args = (
-        "--trials", "12", *TINY, "--set", "space.epochs=30", "--set", "train.patience=100",
+        "--trials", "8", *TINY, "--set", "space.epochs=30", "--set", "train.patience=100",
         "--set", 'pruner.type="none"', "--storage", postgres_url,
     )  # fmt: skip
     workers = [start_worker(*args, "--worker-index", str(i), cwd=tmp_path) for i in range(2)]
@@ -198,7 +198,7 @@ def test_postgresql_restart_mid_study_loses_nothing(tmp_path: Path, postgres_url
         assert code == 0, stderr
         assert "Traceback" not in stderr
     study = optuna.load_study(study_name="digits", storage=postgres_url)
-    assert_study_reached(study, 12, 2)
+    assert_study_reached(study, 8, 2)
     still_done = {t.number for t in study.get_trials(states=FINISHED)}
     assert done_before <= still_done
 
