@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import statistics
+import subprocess
 from pathlib import Path
 
 import optuna
@@ -12,7 +14,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tests.conftest import TINY, run_lsearch
+from tests.conftest import LSEARCH, TINY, run_lsearch
 
 DB = "lsearch.db"
 PER_SEED_KEYS = ("val_acc_per_seed", "val_ece_per_seed", "val_nll_per_seed", "temperature_per_seed")
@@ -298,3 +300,33 @@ def test_readers_do_not_create_a_storage_and_name_missing_studies(tmp_path: Path
     missing = run_lsearch("best", "--study", "nope", cwd=tmp_path)
     assert missing.returncode == 2
     assert "no study named 'nope'" in missing.stderr and "digits" in missing.stderr
+
+
+def test_progress_is_drawn_on_a_terminal_and_not_elsewhere(tmp_path: Path) -> None:
+    plain = run_lsearch(
+        "run", "--trials", "1", *TINY, "--storage", "sqlite:///plain.db", cwd=tmp_path
+    )
+    assert plain.returncode == 0 and "━" not in plain.stderr
+    # The same command with its stderr on a pseudo-terminal, as in an interactive shell.
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [LSEARCH, "run", "--trials", "2", *TINY, "--storage", "sqlite:///tty.db"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
+        env={k: v for k, v in os.environ.items() if k != "LSEARCH_STORAGE"} | {"TERM": "xterm"},
+    )  # fmt: skip
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert process.wait(timeout=120) == 0
+    os.close(leader)
+    text = screen.decode(errors="replace")
+    assert "━" in text and "2/2" in text and "trials" in text
