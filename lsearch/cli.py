@@ -198,6 +198,7 @@ def run(
                     timeout,
                     callbacks=[progress.on_trial],
                     heartbeats=prepared.heartbeats,
+                    on_wait=progress.poll,
                 )
         except KeyboardInterrupt:
             err.print("interrupted: run the same command again to continue the study")

@@ -53,7 +53,7 @@ class SearchProgress:
         """Show the state of the whole study (used while other processes run the trials)."""
         trials = study.get_trials(deepcopy=False)
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
-        now = f"running: {', '.join(map(str, running[:8]))}" if running else ""
+        now = f"running trials {', '.join(map(str, running[:8]))}" if running else ""
         finished = sum(t.state in FINISHED for t in trials)
         self.progress.update(self.task, completed=finished, best=self._best(study), now=now)
 

@@ -164,6 +164,7 @@ def run_until(
     callbacks: Sequence[TrialCallback] = (),
     heartbeats: bool = False,
     poll_seconds: float = 2.0,
+    on_wait: Callable[[optuna.Study], None] | None = None,
 ) -> None:
     """Run trials, one at a time, until the study holds `n_finished` complete or pruned
     trials, the timeout passes, or MAX_CONSECUTIVE_FAILURES trials in a row fail.
@@ -189,6 +190,8 @@ def run_until(
         if not counts[TrialState.WAITING] and finished + counts[TrialState.RUNNING] >= n_finished:
             if not heartbeats:
                 return  # the last trials run elsewhere, and a dead worker's would never end
+            if on_wait is not None:
+                on_wait(study)
             time.sleep(poll_seconds)  # the last trials run elsewhere: see how they end
             continue
         study.optimize(
