@@ -84,7 +84,20 @@ def resolve_device(name: str) -> torch.device:
             )
     elif device.type != "cpu":
         raise UserError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        prefer_determinism()
     return device
+
+
+def prefer_determinism() -> None:
+    """Deterministic cuDNN convolutions and cuBLAS workspaces, so a rerun repeats its numbers.
+    A few CUDA kernels (the average-pool backward in ResNet among them) add with atomics
+    and may still differ in the last bits between runs."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def describe_device(device: torch.device) -> str:
