@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,10 +57,8 @@ def resolve_device(name: str) -> torch.device:
     """`auto` takes CUDA when present; asking for CUDA where there is none is a user error.
     `cuda:free` claims the least-shared GPU of this machine (see workers.claim_gpu)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda:free":
-        import os
-
         from lsearch.workers import DEFAULT_GPU_LOCKS, GPU_LOCKS_ENV, claim_gpu
 
         if not torch.cuda.is_available():
@@ -65,7 +66,7 @@ def resolve_device(name: str) -> torch.device:
         lock_dir = os.environ.get(GPU_LOCKS_ENV, DEFAULT_GPU_LOCKS)
         index, handle = claim_gpu(torch.cuda.device_count(), lock_dir)
         _CLAIMED_GPUS.append(handle)
-        return torch.device(f"cuda:{index}")
+        name = f"cuda:{index}"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -93,8 +94,6 @@ def prefer_determinism() -> None:
     """Deterministic cuDNN convolutions and cuBLAS workspaces, so a rerun repeats its numbers.
     A few CUDA kernels (the average-pool backward in ResNet among them) add with atomics
     and may still differ in the last bits between runs."""
-    import os
-
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
@@ -108,10 +107,6 @@ def describe_device(device: torch.device) -> str:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (model init uses its own)."""
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
