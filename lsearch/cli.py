@@ -238,14 +238,22 @@ def proxy(
 
 @app.command()
 @user_errors
-def status(storage: StorageOption = None) -> None:
+def status(
+    storage: StorageOption = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Show only this study [default: all]")
+    ] = None,
+) -> None:
     """List the studies in a storage with their trial counts by state and best value."""
-    from lsearch.results import STATES, study_rows
+    from lsearch.results import STATES, pick_study, study_rows
     from lsearch.storage import mask_url, open_storage, resolve_url
 
     quiet_libraries()
     url = resolve_url(storage)
-    rows = study_rows(open_storage(url, must_exist=True))
+    opened = open_storage(url, must_exist=True)
+    if study is not None:
+        pick_study(opened, study)  # a name that is not there is a user error
+    rows = [row for row in study_rows(opened) if study is None or row.name == study]
     table = Table(title=f"studies in {mask_url(url)}")
     for column in ("study", "direction", *(s.lower() for s in STATES), "best"):
         table.add_column(column, justify="left" if column == "study" else "right")

@@ -297,9 +297,13 @@ def test_readers_do_not_create_a_storage_and_name_missing_studies(tmp_path: Path
         assert "no study database at lsearch.db" in result.stderr
     assert not (tmp_path / DB).exists()
     assert run_lsearch("run", "--trials", "1", *TINY, cwd=tmp_path).returncode == 0
-    missing = run_lsearch("best", "--study", "nope", cwd=tmp_path)
-    assert missing.returncode == 2
-    assert "no study named 'nope'" in missing.stderr and "digits" in missing.stderr
+    for command in ("best", "status"):
+        missing = run_lsearch(command, "--study", "nope", cwd=tmp_path)
+        assert missing.returncode == 2
+        assert "no study named 'nope'" in missing.stderr and "digits" in missing.stderr
+        assert len(missing.stderr.strip().splitlines()) == 1
+    one = run_lsearch("status", "--study", "digits", cwd=tmp_path)
+    assert one.returncode == 0 and "digits" in one.stdout
 
 
 def test_progress_is_drawn_on_a_terminal_and_not_elsewhere(tmp_path: Path) -> None:
