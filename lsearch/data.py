@@ -3,7 +3,10 @@
 Two sources: scikit-learn's digits (ships inside scikit-learn, offline) and CIFAR-10 in
 the standard `cifar-10-batches-py` folder (read from `data.root`, or downloaded there by
 torchvision where the network allows). Training and validation images are both drawn from
-the training set; CIFAR-10's official test batch is never read, so it stays held out.
+the training pool. The held-out test set is disjoint from every seed's subsets and only
+`load_test_set` reads it (`lsearch compare` and `evaluate`; a search never does): CIFAR-10's
+official `test_batch`, or for digits `data.test_per_class` images per class carved out of
+the pool, the same ones for every seed, before any seed draws its subsets.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from lsearch.spec import Data
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_BATCH = "test_batch"
+# Fixed, so that the digits test images are the same for every seed, study and machine.
+TEST_SET_SEED = 7357
 # Pretrained torchvision models expect inputs normalised with ImageNet's statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,6 +40,14 @@ class ImagePool:
     num_classes: int
     mean: tuple[float, ...]  # per channel, for normalising images scaled to [0, 1]
     std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """The held-out test images (uint8, on the device) and labels, shared by every seed."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,21 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def held_out_indices(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """`per_class` indices per class, chosen once by TEST_SET_SEED (sorted)."""
+    rng = np.random.default_rng(TEST_SET_SEED)
+    chosen = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        if len(members) < per_class:
+            raise UserError(
+                f"class {cls} has {len(members)} images, fewer than data.test_per_class = "
+                f"{per_class}; lower data.test_per_class"
+            )
+        chosen.append(rng.permutation(members)[:per_class])
+    return np.sort(np.concatenate(chosen))
+
+
 def split_for_seed(pool: ImagePool, data: Data, seed: int) -> Split:
     split_seed = data.split_seed if data.split_seed is not None else seed
     train_idx, val_idx = stratified_split(
@@ -96,8 +125,13 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def read_cifar10_train(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """The five training batches of a `cifar-10-batches-py` folder as uint8 N x 3 x 32 x 32."""
+    return read_cifar10_batches(folder, CIFAR10_TRAIN_BATCHES)
+
+
+def read_cifar10_batches(folder: Path, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Batches of a `cifar-10-batches-py` folder as uint8 N x 3 x 32 x 32 and int64 labels."""
     images, labels = [], []
-    for name in CIFAR10_TRAIN_BATCHES:
+    for name in names:
         with open(folder / name, "rb") as handle:
             batch = pickle.load(handle, encoding="latin1")
         if not isinstance(batch, dict):
@@ -111,24 +145,27 @@ def read_cifar10_train(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _download_cifar10(root: Path) -> None:
+def _download_cifar10(root: Path, train: bool = True) -> None:
     from torchvision.datasets import CIFAR10
 
-    CIFAR10(root=str(root), train=True, download=True)
+    CIFAR10(root=str(root), train=train, download=True)
 
 
-def load_cifar10_arrays(root: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10_arrays(
+    root: Path, download: bool, batches: tuple[str, ...] = CIFAR10_TRAIN_BATCHES
+) -> tuple[np.ndarray, np.ndarray]:
+    """The named batches (the training set by default), downloaded first where missing."""
     folder = root / CIFAR10_FOLDER
-    missing = [name for name in CIFAR10_TRAIN_BATCHES if not (folder / name).is_file()]
+    missing = [name for name in batches if not (folder / name).is_file()]
     if missing and download:
         try:
-            _download_cifar10(root)
+            _download_cifar10(root, train=batches == CIFAR10_TRAIN_BATCHES)
         except Exception as exc:  # torchvision raises URLError, OSError, RuntimeError...
             raise UserError(
                 f"CIFAR-10 is not in {folder} and could not be downloaded ({type(exc).__name__}: "
                 f"{exc}); extract cifar-10-python.tar.gz under {root} or set data.root"
             ) from None
-        missing = [name for name in CIFAR10_TRAIN_BATCHES if not (folder / name).is_file()]
+        missing = [name for name in batches if not (folder / name).is_file()]
     if missing:
         fix = "" if download else ", or set data.download = true"
         raise UserError(
@@ -136,7 +173,7 @@ def load_cifar10_arrays(root: Path, download: bool) -> tuple[np.ndarray, np.ndar
             f"cifar-10-python.tar.gz under {root} or set data.root{fix}"
         )
     try:
-        return read_cifar10_train(folder)
+        return read_cifar10_batches(folder, batches)
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as exc:
         raise UserError(
             f"{folder} is not a readable cifar-10-batches-py folder ({exc}); "
@@ -148,6 +185,11 @@ def load_pool(data: Data, device: torch.device) -> ImagePool:
     """Load the study's dataset once per process, straight onto `device`."""
     if data.dataset == "digits":
         images, labels = load_digits_arrays()
+        if data.test_per_class is not None:
+            keep = np.setdiff1d(
+                np.arange(len(labels)), held_out_indices(labels, data.test_per_class)
+            )
+            images, labels = images[keep], labels[keep]
         scaled = images.astype(np.float64) / 255.0
         mean, std = (float(scaled.mean()),), (float(scaled.std()),)
     else:
@@ -160,3 +202,23 @@ def load_pool(data: Data, device: torch.device) -> ImagePool:
         mean=mean,
         std=std,
     )
+
+
+def load_test_set(data: Data, device: torch.device) -> TestSet:
+    """The study's held-out test set; only comparisons and evaluations read it."""
+    if data.dataset == "digits":
+        if data.test_per_class is None:
+            raise UserError(
+                "this study has no held-out test set (digits has no official one); set "
+                "data.test_per_class in the study file, e.g. --set data.test_per_class=40, "
+                "and run the search again, since the test images leave its pool"
+            )
+        images, labels = load_digits_arrays()
+        index = held_out_indices(labels, data.test_per_class)
+        images, labels = images[index], labels[index]
+    else:
+        images, labels = load_cifar10_arrays(Path(data.root), data.download, (CIFAR10_TEST_BATCH,))
+        if data.test_per_class is not None:
+            index = held_out_indices(labels, data.test_per_class)
+            images, labels = images[index], labels[index]
+    return TestSet(images=_to_device(images, device), labels=_to_device(labels, device))

@@ -15,7 +15,7 @@ from lsearch.models import build_model, layer_group_count
 from lsearch.search import open_study
 from lsearch.spec import StudySpec, load_spec
 from lsearch.storage import open_storage
-from lsearch.train import resolve_device
+from lsearch.train import describe_device, resolve_device
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,41 @@ def check_trainable_layers(spec: StudySpec) -> None:
         )
 
 
+def check_and_load(
+    spec: StudySpec, device_name: str, trains: bool = True
+) -> tuple[torch.device, ImagePool]:
+    """Check the device, the model and its weights, and load the training pool: every input
+    a user can get wrong, before any storage is touched."""
+    device = resolve_device(device_name)
+    check_trainable_layers(spec)
+    pool = load_pool(spec.data, device if trains else torch.device("cpu"))
+    # Load the weights once now, so a bad weights file fails before the storage is touched.
+    build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
+    return device, pool
+
+
+def open_spec_storage(
+    spec: StudySpec, storage_url: str
+) -> tuple[optuna.storages.BaseStorage, bool]:
+    """The storage with the spec's heartbeat settings, and whether dead workers' trials are
+    failed and re-queued through it (not behind the gRPC proxy, which carries no heartbeat)."""
+    beats = spec.storage.heartbeat_interval or None
+    storage = open_storage(
+        storage_url,
+        heartbeat_interval=beats,
+        grace_period=spec.storage.grace_period,
+        max_retry=spec.storage.max_retry,
+    )
+    return storage, beats is not None and not storage_url.startswith("grpc://")
+
+
+def open_checkpoints(spec: StudySpec) -> Checkpoints | None:
+    if not spec.checkpoint.enabled:
+        return None
+    store = open_artifact_store(spec.checkpoint.location)
+    return Checkpoints(store, keep_final=spec.checkpoint.keep_final)
+
+
 def prepare(
     study_file: str,
     overrides: list[str],
@@ -51,22 +86,7 @@ def prepare(
     """Check everything, then open the study. `trains=False` (a process that only starts and
     watches workers) still checks the device but keeps the data off the GPU."""
     spec = load_spec(study_file, overrides)
-    device = resolve_device(device_name)
-    check_trainable_layers(spec)
-    pool = load_pool(spec.data, device if trains else torch.device("cpu"))
-    # Load the weights once now, so a bad weights file fails before the storage is touched.
-    build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
-    beats = spec.storage.heartbeat_interval or None
-    storage = open_storage(
-        storage_url,
-        heartbeat_interval=beats,
-        grace_period=spec.storage.grace_period,
-        max_retry=spec.storage.max_retry,
-    )
-    study = open_study(spec, storage, study_name, worker_index)
-    checkpoints = None
-    if spec.checkpoint.enabled:
-        store = open_artifact_store(spec.checkpoint.location)
-        checkpoints = Checkpoints(store, keep_final=spec.checkpoint.keep_final)
-    heartbeats = beats is not None and not storage_url.startswith("grpc://")
-    return Prepared(spec, device, pool, study, checkpoints, heartbeats)
+    device, pool = check_and_load(spec, device_name, trains)
+    storage, heartbeats = open_spec_storage(spec, storage_url)
+    study = open_study(spec, storage, study_name, worker_index, describe_device(device))
+    return Prepared(spec, device, pool, study, open_checkpoints(spec), heartbeats)

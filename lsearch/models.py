@@ -42,6 +42,20 @@ class LayeredModel:
             for group in self.groups[self.trainable_layers :]:
                 group.eval()
 
+    def head_in_float32(self) -> None:
+        """Run the classifier head in float32 even under autocast, so logits (and the ECE,
+        NLL and temperature computed from them) are not rounded to bfloat16 or float16: ECE
+        from bf16 logits moves by about a tenth of a smoothed model's ECE. The head is one
+        small matrix product, so this costs nothing measurable."""
+        head = self.groups[0]
+        plain_forward = head.forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(x.device.type, enabled=False):
+                return plain_forward(x.float())
+
+        head.forward = forward  # type: ignore[method-assign]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,7 +30,8 @@ from optuna.trial import TrialState
 
 from lsearch import metrics
 from lsearch.checkpoint import CHECKPOINT_ATTR, Checkpoints
-from lsearch.data import ImagePool, Split, split_for_seed
+from lsearch.data import ImagePool, Split, TestSet, split_for_seed
+from lsearch.evaluation import TEST_METRICS, held_out_metrics
 from lsearch.models import build_model
 from lsearch.spec import Param, Space, StudySpec
 from lsearch.train import (
@@ -86,13 +87,17 @@ def _mean(values: list[float]) -> float:
 
 @dataclass
 class Progress:
-    """Where a trial stands: per-seed curves and the best epoch so far (1-based)."""
+    """Where a trial stands: per-seed curves, the best epoch so far (1-based) by mean
+    validation accuracy with its logits (and, when the test set will be evaluated, its
+    weights), and the held-out results already computed at intermediate epoch counts."""
 
     history: list[list[EpochMetrics]]
     best_acc: float = -1.0
     best_epoch: int = 0
     best_logits: list[torch.Tensor] = field(default_factory=list)
     last_logits: list[torch.Tensor] = field(default_factory=list)
+    best_weights: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    held_out: dict[int, dict[str, Any]] = field(default_factory=dict)  # epochs -> results
 
     @property
     def epochs_run(self) -> int:
@@ -101,13 +106,26 @@ class Progress:
     def mean(self, metric: str, epoch: int) -> float:
         return _mean([getattr(curve[epoch - 1], metric) for curve in self.history])
 
-    def add_epoch(self, results: list[EpochMetrics], logits: list[torch.Tensor]) -> None:
+    def best_epoch_up_to(self, epoch: int) -> int:
+        """The first epoch of highest mean validation accuracy among epochs 1..`epoch`."""
+        means = [self.mean("val_acc", e) for e in range(1, epoch + 1)]
+        return means.index(max(means)) + 1
+
+    def add_epoch(
+        self,
+        results: list[EpochMetrics],
+        logits: list[torch.Tensor],
+        weights: Callable[[], list[dict[str, torch.Tensor]]] | None = None,
+    ) -> None:
+        """Append an epoch; `weights` (called only on a new best) copies the models' weights."""
         for curve, result in zip(self.history, results, strict=True):
             curve.append(result)
         self.last_logits = logits
         mean_acc = self.mean("val_acc", self.epochs_run)
         if mean_acc > self.best_acc:
             self.best_acc, self.best_epoch, self.best_logits = mean_acc, self.epochs_run, logits
+            if weights is not None:
+                self.best_weights = weights()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +134,8 @@ class Progress:
             "best_epoch": self.best_epoch,
             "best_logits": self.best_logits,
             "last_logits": self.last_logits,
+            "best_weights": self.best_weights,
+            "held_out": {str(k): v for k, v in self.held_out.items()},
         }
 
     @classmethod
@@ -123,12 +143,18 @@ class Progress:
         history = [[EpochMetrics(**m) for m in curve] for curve in state["history"]]
         return cls(
             history, state["best_acc"], state["best_epoch"], state["best_logits"],
-            state["last_logits"],
+            state["last_logits"], state.get("best_weights", []),
+            {int(k): v for k, v in state.get("held_out", {}).items()},
         )  # fmt: skip
 
 
 class Objective:
-    """Callable by `study.optimize`; holds what every trial of this process shares."""
+    """Callable by `study.optimize`; holds what every trial of this process shares.
+
+    A search trial suggests its configuration and trains `spec.seeds` in lockstep.
+    `lsearch compare` reuses `train` with a configuration and seeds of its own and a test
+    set: the search itself never loads or evaluates the test set.
+    """
 
     def __init__(
         self,
@@ -168,12 +194,21 @@ class Objective:
             self.device,
         )
 
-    def reported(self, progress: Progress, epoch: int) -> float:
-        """The value the pruner sees: mean val accuracy, or mean ECE for an ECE objective."""
-        metric = "val_ece" if self.spec.objective.metric == "val_ece" else "val_acc"
-        return progress.mean(metric, epoch)
+    def chosen_epoch(self, progress: Progress, epoch: int) -> int:
+        """The epoch whose metrics stand for a trial that has run `epoch` epochs: the best by
+        mean validation accuracy so far (for every objective, ECE included: the lowest-ECE
+        epoch is often an underfit one), or the last with `select_epoch = "final"`."""
+        if self.spec.objective.select_epoch == "final":
+            return epoch
+        return progress.best_epoch_up_to(epoch)
 
-    def resume(self, trial: optuna.Trial, runs: list[SeedRun]) -> Progress | None:
+    def reported(self, progress: Progress, epoch: int) -> float:
+        """The value the pruner sees after `epoch`: the objective metric's mean over seeds at
+        the chosen epoch so far, so a pruned trial's value (its last report) is its attrs'."""
+        metric = "val_ece" if self.spec.objective.metric == "val_ece" else "val_acc"
+        return progress.mean(metric, self.chosen_epoch(progress, epoch))
+
+    def resume(self, trial: optuna.Trial, runs: list[SeedRun], prunes: bool) -> Progress | None:
         """Restore a re-queued trial from the newest checkpoint of the trial it replaces."""
         pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
         if self.checkpoints is None or not pointer:
@@ -192,7 +227,7 @@ class Objective:
         progress = Progress.from_state_dict(state["progress"])
         trial.set_user_attr("resumed_from_trial", history[-1])
         trial.set_user_attr("resumed_from_epoch", progress.epochs_run)
-        if self.prunes:
+        if prunes:
             # Epochs the old trial checkpointed but died before reporting; the rest are
             # carried over by Optuna's retry callback (and re-reporting them is a no-op).
             with warnings.catch_warnings():
@@ -202,16 +237,39 @@ class Objective:
         return progress
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        spec = self.spec
-        config = suggest(trial, spec.space)
+        config = suggest(trial, self.spec.space)
+        attrs = self.train(trial, config, self.spec.seeds, prunes=self.prunes)
+        acc, ece = attrs["val_acc"], attrs["val_ece"]
+        return {"val_acc": acc, "val_ece": ece, "val_acc+val_ece": (acc, ece)}[
+            self.spec.objective.metric
+        ]
+
+    def train(
+        self,
+        trial: optuna.Trial,
+        config: TrialConfig,
+        seeds: Sequence[int],
+        prunes: bool,
+        test_set: TestSet | None = None,
+        test_at: Sequence[int] = (),
+    ) -> dict[str, Any]:
+        """Train `config` on `seeds` in lockstep, epoch by epoch; record and return the attrs.
+
+        With a `test_set`, each seed's model at the chosen epoch is evaluated on it, after
+        the last epoch and after each epoch count in `test_at` (a shorter run's result read
+        from this one, exact under a constant learning rate); the attr `held_out` maps each
+        of those epoch counts to its results.
+        """
         trial.set_user_attr("config", asdict(config))
-        trial.set_user_attr("seeds", list(spec.seeds))
+        trial.set_user_attr("seeds", list(seeds))
+        trial.set_user_attr("chosen_by", "val_acc")
         trial.set_user_attr("device", describe_device(self.device))
         started = time.perf_counter()
-        runs = [self.start(seed, config) for seed in spec.seeds]
-        progress = self.resume(trial, runs) or Progress([[] for _ in runs])
+        runs = [self.start(seed, config) for seed in seeds]
+        progress = self.resume(trial, runs, prunes) or Progress([[] for _ in runs])
         first_epoch = progress.epochs_run + 1
-        patience = spec.train.patience
+        patience = self.spec.train.patience
+        keep_weights = None if test_set is None else (lambda: [r.weights() for r in runs])
         for epoch in range(first_epoch, config.epochs + 1):
             if patience is not None and epoch - 1 - progress.best_epoch >= patience:
                 break  # (only after a resume: the old trial died before it could stop)
@@ -227,14 +285,16 @@ class Objective:
                 result, run_logits = run.evaluate(loss)
                 results.append(result)
                 logits.append(run_logits)
-            progress.add_epoch(results, logits)
+            progress.add_epoch(results, logits, keep_weights)
+            if test_set is not None and epoch in test_at and epoch < config.epochs:
+                progress.held_out[epoch] = self._held_out(runs, progress, test_set, epoch)
             if self.checkpoints is not None:
                 state = {"seeds": [r.state_dict() for r in runs], "progress": progress.state_dict()}
                 self.checkpoints.save(trial, epoch, state)
             value = self.reported(progress, epoch)
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, epoch, config.epochs, value)
-            if self.prunes:
+            if prunes:
                 trial.report(value, epoch)
                 # After the last epoch the work is done: finish the trial rather than prune it.
                 if epoch < config.epochs and trial.should_prune():
@@ -242,10 +302,49 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}")
             if patience is not None and epoch - progress.best_epoch >= patience:
                 break
-        acc, ece = self._record(trial, progress, started, first_epoch, pruned_at=None)
-        return {"val_acc": acc, "val_ece": ece, "val_acc+val_ece": (acc, ece)}[
-            spec.objective.metric
-        ]
+        final: dict[str, Any] = {}
+        if test_set is not None:
+            # A run that stopped early (patience) gives every longer epoch count its result.
+            final = self._held_out(runs, progress, test_set, progress.epochs_run)
+            for count in {*test_at, config.epochs}:
+                if count not in progress.held_out or count >= progress.epochs_run:
+                    progress.held_out[count] = final
+            trial.set_user_attr("held_out", {str(k): v for k, v in progress.held_out.items()})
+            for key, value in final.items():
+                trial.set_user_attr(key, value)
+        return {**self._record(trial, progress, started, first_epoch, pruned_at=None), **final}
+
+    def _held_out(
+        self, runs: list[SeedRun], progress: Progress, test_set: TestSet, epoch: int
+    ) -> dict[str, Any]:
+        """Validation and test results per seed of the models chosen after `epoch` epochs."""
+        chosen = self.chosen_epoch(progress, epoch)
+        final = self.spec.objective.select_epoch == "final"
+        val_logits = progress.last_logits if final else progress.best_logits
+        per_seed = []
+        for index, run in enumerate(runs):
+            if final:
+                test_logits = run.predict(test_set.images)
+            else:
+                test_logits = run.predict_with(progress.best_weights[index], test_set.images)
+            per_seed.append(
+                held_out_metrics(
+                    test_logits, test_set.labels, val_logits[index], run.split.val_labels
+                )
+            )
+        results: dict[str, Any] = {"chosen_epoch": chosen, "epochs_run": epoch}
+        for name in ("val_acc", "val_ece", "val_nll"):
+            field_name = "val_loss" if name == "val_nll" else name
+            results[f"{name}_per_seed"] = [
+                getattr(curve[chosen - 1], field_name) for curve in progress.history
+            ]
+        for name in TEST_METRICS:
+            results[f"{name}_per_seed"] = [seed[name] for seed in per_seed]
+        for name in ("val_acc", "val_ece", "val_nll", *TEST_METRICS):
+            results[name] = _mean(results[f"{name}_per_seed"])
+        results["test_reliability_per_seed"] = [seed["test_reliability"] for seed in per_seed]
+        results["test_reliability_ts_per_seed"] = [seed["test_reliability_ts"] for seed in per_seed]
+        return results
 
     def _record(
         self,
@@ -254,26 +353,24 @@ class Objective:
         started: float,
         first_epoch: int,
         pruned_at: int | None,
-    ) -> tuple[float, float]:
-        """Write the trial's user attrs; return mean val acc and ECE at the chosen epoch."""
+    ) -> dict[str, Any]:
+        """Write the trial's user attrs at the chosen epoch and return them."""
         history = progress.history
         epochs_run = progress.epochs_run
+        chosen = self.chosen_epoch(progress, epochs_run)
         final = self.spec.objective.select_epoch == "final"
-        chosen = epochs_run if final else progress.best_epoch
         logits = progress.last_logits if final else progress.best_logits
         at_chosen = [curve[chosen - 1] for curve in history]
-        labels = [self.split(seed).val_labels for seed in self.spec.seeds]
+        labels = [self.split(seed).val_labels for seed in trial.user_attrs["seeds"]]
         temperatures = [
             metrics.fit_temperature(lg, lb) for lg, lb in zip(logits, labels, strict=True)
         ]
         scaled_ece = [
             metrics.ece(lg / t, lb) for lg, lb, t in zip(logits, labels, temperatures, strict=True)
         ]
-        acc = _mean([m.val_acc for m in at_chosen])
-        ece = _mean([m.val_ece for m in at_chosen])
         attrs = {
-            "val_acc": acc,
-            "val_ece": ece,
+            "val_acc": _mean([m.val_acc for m in at_chosen]),
+            "val_ece": _mean([m.val_ece for m in at_chosen]),
             "val_nll": _mean([m.val_loss for m in at_chosen]),
             "val_acc_per_seed": [m.val_acc for m in at_chosen],
             "val_ece_per_seed": [m.val_ece for m in at_chosen],
@@ -295,4 +392,4 @@ class Objective:
             trial.set_user_attr(key, value)
         if self.checkpoints is not None:
             self.checkpoints.finish(trial)
-        return acc, ece
+        return attrs

@@ -36,24 +36,38 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[StudyRow]:
     return rows
 
 
-def pick_study(storage: optuna.storages.BaseStorage, name: str | None) -> optuna.Study:
-    """The named study, or the only one in the storage when no name is given."""
-    names = [
-        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    ]
+def is_comparison(summary: optuna.study.StudySummary) -> bool:
+    return summary.user_attrs.get("lsearch_kind") == "comparison"
+
+
+def pick_study(
+    storage: optuna.storages.BaseStorage, name: str | None, search_only: bool = False
+) -> optuna.Study:
+    """The named study, or, with no name, the only search study in the storage (comparison
+    studies beside it do not count, so `lsearch best` keeps working after a compare).
+    `search_only` refuses a comparison study even by name."""
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    names = [s.study_name for s in summaries]
+    searches = [s.study_name for s in summaries if not is_comparison(s)]
     if name is None:
-        if len(names) == 1:
-            name = names[0]
-        elif not names:
-            raise UserError("this storage holds no study yet; run `lsearch run` first")
+        if len(searches) == 1:
+            name = searches[0]
+        elif not searches:
+            raise UserError("this storage holds no search study yet; run `lsearch run` first")
         else:
             raise UserError(
-                f"this storage holds several studies ({', '.join(names)}); pick one with --study"
+                f"this storage holds several search studies ({', '.join(searches)}); "
+                "pick one with --study"
             )
     if name not in names:
         known = ", ".join(names) or "none"
         raise UserError(
             f"no study named '{name}' in this storage (studies: {known}); check --study"
+        )
+    if search_only and name not in searches:
+        raise UserError(
+            f"study '{name}' is a comparison, not a search; name a search study "
+            f"({', '.join(searches) or 'none'})"
         )
     return optuna.load_study(study_name=name, storage=storage)
 

@@ -8,6 +8,7 @@ so that a second process with a different file is refused instead of mixing resu
 
 from __future__ import annotations
 
+import platform
 import time
 import warnings
 from collections import Counter
@@ -23,6 +24,7 @@ from lsearch.train import NonFiniteLossError
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_ATTR = "lsearch_spec"
 FINGERPRINT_ATTR = "lsearch_spec_fingerprint"
+PRODUCED_BY_ATTR = "lsearch_produced_by"
 
 
 def sampler_seed(spec: StudySpec, trials_at_start: int, worker_index: int) -> int | None:
@@ -89,8 +91,10 @@ def open_study(
     storage: optuna.storages.BaseStorage,
     study_name: str | None = None,
     worker_index: int = 0,
+    device: str = "cpu",
 ) -> optuna.Study:
-    """Create the study, or load it when it exists and was made from the same spec."""
+    """Create the study, or load it when it exists and was made from the same spec.
+    A new study records the versions and the device that made it (`lsearch_produced_by`)."""
     name = study_name or spec.name
     directions = spec.objective.directions
     existing = {
@@ -100,8 +104,8 @@ def open_study(
     if name in existing:
         summary = existing[name]
         trials_at_start = summary.n_trials
-        stored = summary.user_attrs.get(FINGERPRINT_ATTR)
-        if stored is not None and stored != spec.fingerprint():
+        stored = summary.user_attrs.get(SPEC_ATTR)
+        if stored is not None and not spec.same_trials_as(stored):
             raise UserError(
                 f"study '{name}' in this storage was made from a different study file or --set "
                 "values; run with the same ones to continue it, or pass --name to start a new study"
@@ -119,10 +123,25 @@ def open_study(
         pruner=build_pruner(spec),
         load_if_exists=True,
     )
-    if FINGERPRINT_ATTR not in study.user_attrs:
+    if SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
         study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
+        study.set_user_attr(PRODUCED_BY_ATTR, {**produced_by(), "device": device})
     return study
+
+
+def produced_by() -> dict[str, str]:
+    """The versions that made a study (each trial records its own `device`)."""
+    from importlib.metadata import version
+
+    import torch
+
+    return {
+        "lsearch": version("lsearch"),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def count_finished(study: optuna.Study) -> int:

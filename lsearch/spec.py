@@ -28,7 +28,8 @@ SEARCH_PARAMS = ("label_smoothing", "epochs", "lr", "trainable_layers")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and ±inf are never meaningful in a study file (`--set space.lr=nan`).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Param(_Frozen):
@@ -149,6 +150,10 @@ class Data(_Frozen):
     download: bool = True
     train_per_class: int = Field(100, gt=0)
     val_per_class: int = Field(100, gt=0)
+    # The held-out test set: digits carves this many images per class out before any seed
+    # draws its subsets (unset: no test set); CIFAR-10 uses its official test batch, all of
+    # it when unset, or this many images per class of it.
+    test_per_class: int | None = Field(None, gt=0)
     image_size: int | None = Field(None, gt=0)
     split_seed: int | None = None
     augment: Augment = Augment()
@@ -182,6 +187,15 @@ class Objective(_Frozen):
             "val_ece": ["minimize"],
             "val_acc+val_ece": ["maximize", "minimize"],
         }[self.metric]
+
+
+class Baseline(_Frozen):
+    """The configuration `lsearch compare` gives every parameter its grid does not vary."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    trainable_layers: int = Field(2, ge=1)
 
 
 class Sampler(_Frozen):
@@ -242,6 +256,7 @@ class StudySpec(_Frozen):
     model: Model = Model()
     train: Train = Train()
     space: Space = Space()
+    baseline: Baseline = Baseline()
     objective: Objective = Objective()
     sampler: Sampler = Sampler()
     pruner: Pruner = Pruner()
@@ -263,12 +278,36 @@ class StudySpec(_Frozen):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def decisive(self, comparison: bool = False) -> dict[str, Any]:
+        """Everything that decides a search trial's numbers: not how crashes, checkpoints or
+        the description are handled (workers may differ in those), nor the baseline, which
+        only `lsearch compare` reads. A comparison trial's numbers do not depend on the
+        search either (space, sampler, pruner, objective metric, search seeds): its params
+        hold its configuration and seed."""
+        exclude: dict[str, Any] = {
+            "description": True, "storage": True, "checkpoint": True, "baseline": True,
+        }  # fmt: skip
+        if comparison:
+            exclude |= {"space": True, "sampler": True, "pruner": True, "seeds": True}
+            exclude["objective"] = {"metric"}
+        return self.model_dump(mode="json", exclude=exclude)
+
     def fingerprint(self) -> str:
-        """A short hash of everything that decides a trial's numbers (not of how crashes,
-        checkpoints or the description are handled: workers may differ in those)."""
-        decisive = self.model_dump(mode="json", exclude={"description", "storage", "checkpoint"})
-        text = json.dumps(decisive, sort_keys=True)
+        """A short hash of `decisive()`."""
+        text = json.dumps(self.decisive(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def same_trials_as(self, stored: dict[str, Any], comparison: bool = False) -> bool:
+        """Whether a spec stored by this or an earlier lsearch decides trials as this one does.
+
+        The stored dict is read with today's schema, so a key added since (with a default
+        that keeps the old behaviour) takes its default on both sides and old studies stay
+        readable; a key that no longer exists makes them differ."""
+        try:
+            then = StudySpec.model_validate(stored)
+        except ValidationError:
+            return False
+        return then.decisive(comparison) == self.decisive(comparison)
 
 
 def bundled_study_dirs() -> list[Path]:

@@ -217,16 +217,30 @@ class SeedRun:
         self.generator.set_state(state["generator"].cpu())
 
     @torch.inference_mode()
-    def predict(self) -> torch.Tensor:
-        """Validation logits (float32, on the device)."""
+    def predict(self, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (float32, on the device) of the validation images, or of `images`."""
         self.net.model.eval()
-        images = self.split.val_images
+        images = self.split.val_images if images is None else images
         chunks = []
         for start in range(0, images.shape[0], self.train.eval_batch_size):
             x = self._inputs(images[start : start + self.train.eval_batch_size], augment=False)
             with self._autocast():
                 chunks.append(self.net.model(x).float())
         return torch.cat(chunks)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A copy of the model's weights as they are now (kept for a later test evaluation)."""
+        return {k: v.detach().clone() for k, v in self.net.model.state_dict().items()}
+
+    def predict_with(self, weights: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """Logits of `images` under other weights (say, the chosen epoch's); the model's own
+        weights are put back afterwards, so training continues undisturbed."""
+        current = self.weights()
+        self.net.model.load_state_dict(weights)
+        try:
+            return self.predict(images)
+        finally:
+            self.net.model.load_state_dict(current)
 
     def evaluate(self, train_loss: float) -> tuple[EpochMetrics, torch.Tensor]:
         logits = self.predict()
@@ -266,6 +280,7 @@ def start_seed_run(
 ) -> SeedRun:
     """Move a built (and frozen) model to the device and give it its optimizer and RNG."""
     net.model.to(device)
+    net.head_in_float32()
     if device.type == "cuda":
         net.model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(net.trainable_parameters(), train, lr)

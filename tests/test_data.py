@@ -18,6 +18,7 @@ from lsearch.data import (
     IMAGENET_STD,
     ImagePool,
     load_pool,
+    load_test_set,
     read_cifar10_train,
     split_for_seed,
     stratified_split,
@@ -161,6 +162,28 @@ def test_test_batch_images_do_not_enter_the_pool(tmp_path: Path) -> None:
     assert not any(torch.equal(image, test_first) for image in pool.images)
 
 
+def test_the_test_set_is_the_official_test_batch_read_only_by_load_test_set(
+    tmp_path: Path,
+) -> None:
+    write_cifar(tmp_path, test_batch="valid")
+    test = load_test_set(cifar_data(tmp_path), CPU)
+    assert torch.equal(test.images, torch.from_numpy(expected_images(20, first=10_000)))
+    assert test.labels.tolist() == [i % CLASSES for i in range(20)]
+    # test_per_class: a fixed stratified subset of the official batch.
+    subset = load_test_set(cifar_data(tmp_path, test_per_class=1), CPU)
+    assert sorted(subset.labels.tolist()) == list(range(CLASSES))
+    assert torch.equal(
+        subset.images, load_test_set(cifar_data(tmp_path, test_per_class=1), CPU).images
+    )
+
+
+@pytest.mark.parametrize("test_batch", ["corrupt", "absent"])
+def test_a_missing_or_corrupt_test_batch_is_a_user_error(tmp_path: Path, test_batch: str) -> None:
+    write_cifar(tmp_path, test_batch=test_batch)
+    with pytest.raises(UserError, match=r"test_batch|not a readable"):
+        load_test_set(cifar_data(tmp_path), CPU)
+
+
 def test_missing_folder_without_download_names_the_folder_and_the_fix(tmp_path: Path) -> None:
     root = tmp_path / "nowhere"
     with pytest.raises(UserError) as info:
@@ -226,7 +249,7 @@ def test_a_corrupt_batch_file_is_a_user_error(tmp_path: Path, corrupt) -> None:
 def test_download_failure_is_a_user_error_naming_data_root(tmp_path, monkeypatch) -> None:
     calls = []
 
-    def offline(root: Path) -> None:
+    def offline(root: Path, train: bool = True) -> None:
         calls.append(root)
         raise urllib.error.URLError("no network")
 
@@ -244,22 +267,23 @@ def test_download_failure_is_a_user_error_naming_data_root(tmp_path, monkeypatch
 def test_download_happens_only_when_missing_and_its_result_is_read(tmp_path, monkeypatch) -> None:
     calls = []
 
-    def fake_download(root: Path) -> None:
-        calls.append(root)
+    def fake_download(root: Path, train: bool = True) -> None:
+        calls.append((root, train))
         write_cifar(root)
 
     monkeypatch.setattr(lsearch.data, "_download_cifar10", fake_download)
     pool = load_pool(cifar_data(tmp_path, download=True), CPU)
-    assert calls == [tmp_path] and len(pool.images) == TOTAL
-    # Present now: no second download.
+    assert calls == [(tmp_path, True)] and len(pool.images) == TOTAL
+    # Present now: no second download, for the training batches or the test batch.
     pool = load_pool(cifar_data(tmp_path, download=True), CPU)
-    assert calls == [tmp_path] and len(pool.images) == TOTAL
+    assert len(load_test_set(cifar_data(tmp_path, download=True), CPU).images) == 20
+    assert calls == [(tmp_path, True)] and len(pool.images) == TOTAL
 
 
 def test_a_download_that_leaves_the_folder_incomplete_is_a_user_error(
     tmp_path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(lsearch.data, "_download_cifar10", lambda root: None)
+    monkeypatch.setattr(lsearch.data, "_download_cifar10", lambda root, train=True: None)
     with pytest.raises(UserError, match="data_batch_1"):
         load_pool(cifar_data(tmp_path, download=True), CPU)
 
