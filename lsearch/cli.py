@@ -172,7 +172,7 @@ def run(
     with SearchProgress(console, trials, done, spec.objective.metric) as progress:
         try:
             if supervises:
-                run_args = ["--study", study, "--trials", str(trials), "--device", device]
+                run_args = ["run", "--study", study, "--trials", str(trials), "--device", device]
                 for override in overrides:
                     run_args += ["--set", override]
                 if timeout is not None:
@@ -295,6 +295,326 @@ def best(
             if key not in ("params", "number"):
                 table.add_row(key, _show(value))
         out.print(table)
+
+
+SeedsOption = Annotated[
+    str | None,
+    typer.Option(help="Seeds, e.g. 0-4 or 0,3,7 [default: see the command's help]"),
+]
+MetricOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--metric",
+        help="Metric to report, repeatable [default: val_acc val_ece test_acc test_ece "
+        "test_ece_ts test_nll; also val_nll test_nll_ts test_brier test_ace]",
+    ),
+]
+DeviceOption = Annotated[
+    str, typer.Option(help="auto, cpu, cuda, cuda:N, or cuda:free (the least-shared GPU)")
+]
+WorkersOption = Annotated[
+    int, typer.Option(help="Worker processes to start on this machine, sharing the seed-runs")
+]
+OutputOptions = tuple[bool, bool, bool]
+
+
+@app.command()
+@user_errors
+def compare(
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            help="A factor and its levels, repeatable: label_smoothing=0.1,0.15 (full factorial)",
+        ),
+    ] = None,
+    study: Annotated[
+        str, typer.Option("--study", help="Study file: a path, or a bundled name")
+    ] = "digits",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a study-file value (e.g. baseline.lr=3e-3)"),
+    ] = None,
+    seeds: SeedsOption = None,
+    from_best: Annotated[
+        bool,
+        typer.Option(
+            "--from-best",
+            help="Take the parameters outside the grid from the search's best trial "
+            "(default: the study file's [baseline]); seeds default to fresh ones",
+        ),
+    ] = False,
+    metric: MetricOption = None,
+    storage: StorageOption = None,
+    name: Annotated[
+        str | None, typer.Option(help="Comparison study name [default: study and grid]")
+    ] = None,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = 1,
+    worker_index: Annotated[str, typer.Option(help="This worker's index (or auto)")] = "0",
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the cells and what is left to train; train nothing"),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print Markdown tables")] = False,
+    quiet: Annotated[bool, typer.Option(help="Train only; print nothing but errors")] = False,
+) -> None:
+    """Train a full factorial grid on shared seeds, evaluate every seed on the held-out test
+    set, and compare the cells pairwise with intervals and p-values.
+
+    Seeds default to the study file's seeds, or with --from-best to fresh ones.
+    """
+    from lsearch.compare import comparison_request
+    from lsearch.models import layer_group_count
+    from lsearch.spec import load_spec
+    from lsearch.storage import open_storage, resolve_url
+
+    quiet_libraries()
+    url = resolve_url(storage)
+    spec = load_spec(study, list(set_ or []))
+    groups = layer_group_count(spec.model)
+    # Only --from-best reads the storage now; nothing is created before every input is checked.
+    read_only = open_storage(url, must_exist=True) if from_best else None
+    request = comparison_request(
+        spec, read_only, grid or [], groups, seeds, from_best, name, metric or []
+    )
+    args = ["compare", "--study", study, "--name", request.name, "--device", device]
+    for override in set_ or []:
+        args += ["--set", override]
+    for text in grid or []:
+        args += ["--grid", text]
+    args += ["--seeds", ",".join(map(str, request.seeds))]
+    if from_best:
+        args.append("--from-best")
+    _run_comparison(
+        request, url, device, workers, worker_index, args, (dry_run, as_json, markdown), quiet
+    )
+
+
+@app.command()
+@user_errors
+def evaluate(
+    study: StudyNameOption = None,
+    trial: Annotated[
+        int | None, typer.Option(help="Search trial number [default: the best trial]")
+    ] = None,
+    seeds: SeedsOption = None,
+    metric: MetricOption = None,
+    storage: StorageOption = None,
+    name: Annotated[
+        str | None, typer.Option(help="Comparison study name [default: study and trial]")
+    ] = None,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = 1,
+    worker_index: Annotated[str, typer.Option(help="This worker's index (or auto)")] = "0",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what is left to train; train nothing")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print Markdown tables")] = False,
+    quiet: Annotated[bool, typer.Option(help="Train only; print nothing but errors")] = False,
+) -> None:
+    """Train one configuration of a search (its best trial by default) on fresh seeds and
+    record its held-out test metrics: a one-cell comparison."""
+    from lsearch.compare import evaluation_request
+    from lsearch.storage import open_storage, resolve_url
+
+    quiet_libraries()
+    url = resolve_url(storage)
+    read_only = open_storage(url, must_exist=True)
+    request = evaluation_request(read_only, study, trial, seeds, name, metric or [])
+    args = ["evaluate", "--study", request.search_study, "--name", request.name]
+    args += ["--device", device, "--seeds", ",".join(map(str, request.seeds))]
+    if trial is not None:
+        args += ["--trial", str(trial)]
+    _run_comparison(
+        request, url, device, workers, worker_index, args, (dry_run, as_json, markdown), quiet
+    )
+
+
+def _run_comparison(
+    request: Any,
+    url: str,
+    device_name: str,
+    workers: int,
+    worker_index: str,
+    worker_args: list[str],
+    output: OutputOptions,
+    quiet: bool,
+) -> None:
+    """Check inputs, train what is missing (here or in workers), print the comparison."""
+    import torch
+
+    from lsearch import compare
+    from lsearch.data import load_test_set
+    from lsearch.launch import check_and_load, open_spec_storage
+    from lsearch.progress import SeedRunProgress
+    from lsearch.storage import mask_url, open_storage
+    from lsearch.workers import parse_worker_index, start_workers, wait_for
+
+    dry_run, as_json, markdown = output
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers})")
+    index = parse_worker_index(worker_index)
+    spec = request.spec
+    if dry_run:
+        try:
+            existing = compare.existing_comparison(open_storage(url, must_exist=True), request.name)
+        except UserError:  # no database yet: everything is still to train
+            existing = None
+        _print_plan(request, existing, compare.seconds_per_seed_epoch(url, request), mask_url(url))
+        return
+    device, pool = check_and_load(spec, device_name, trains=workers == 1)
+    test_set = load_test_set(spec.data, device if workers == 1 else torch.device("cpu"))
+    storage, heartbeats = open_spec_storage(spec, url)
+    found = compare.open_comparison(
+        storage, request.name, spec, request.search_study, compare_device(device)
+    )
+    if not quiet:
+        for note in request.notes:
+            err.print(note, highlight=False, markup=False)
+        pending = compare.pending_plans(request, found)
+        err.print(
+            f"comparison [bold]{request.name}[/] in {mask_url(url)}: {len(request.cells)} cells "
+            f"x {len(request.seeds)} seeds, {len(pending)} seed-runs to train on {device}",
+            highlight=False,
+        )
+    console = err if not quiet else Console(stderr=True, quiet=True)
+    total = len(compare.pending_plans(request, found))
+    with SeedRunProgress(console, total) as progress:
+        try:
+            if workers > 1:
+                started = start_workers(workers, worker_args, [], url, stagger_s=0.5)
+                codes = wait_for(started, lambda: progress.poll(found))
+                if any(codes):
+                    err.print(f"worker exit codes: {codes}")
+            else:
+                compare.train_pending(
+                    request, found, (pool, test_set), device, heartbeats, index, progress
+                )
+        except KeyboardInterrupt:
+            err.print("interrupted: run the same command again to train what is missing")
+            raise typer.Exit(130) from None
+    if quiet:
+        return
+    compare.record_test_use(storage, request, found)
+    result = compare.report(request, found)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    elif markdown:
+        from lsearch.verdict import to_markdown
+
+        sys.stdout.write(to_markdown(result))
+    else:
+        _print_report(result)
+
+
+def compare_device(device: Any) -> str:
+    from lsearch.train import describe_device
+
+    return describe_device(device)
+
+
+def _print_plan(request: Any, existing: Any, per_epoch: float | None, shown_url: str) -> None:
+    from dataclasses import asdict
+
+    from lsearch import compare
+
+    plans = compare.pending_plans(request, existing)
+    for note in request.notes:
+        err.print(note, highlight=False, markup=False)
+    table = Table(title=f"comparison {request.name} in {shown_url}: {len(request.cells)} cells")
+    for column in ("cell", "ε", "epochs", "lr", "layers"):
+        table.add_column(column, justify="left" if column == "cell" else "right")
+    for cell in request.cells:
+        c = cell.config
+        table.add_row(
+            cell.label,
+            f"{c.label_smoothing:g}",
+            str(c.epochs),
+            f"{c.lr:g}",
+            str(c.trainable_layers),
+        )
+    out.print(table)
+    epochs = sum(plan.config.epochs for plan in plans)
+    estimate = (
+        "unknown (no trial of this study has been timed yet)"
+        if per_epoch is None
+        else f"at most about {epochs * per_epoch:.0f} s ({per_epoch:.2f} s per seed-epoch as "
+        "measured in this storage; early stopping ends runs sooner)"
+    )
+    out.print(
+        f"seeds {', '.join(map(str, request.seeds))}; {len(plans)} seed-runs to train "
+        f"({epochs} seed-epochs at most); estimated time {estimate}",
+        highlight=False,
+    )
+    for plan in plans:
+        extra = (
+            f" (also read at {', '.join(map(str, plan.test_at))} epochs)" if plan.test_at else ""
+        )
+        out.print(
+            f"  {compare.describe(asdict(plan.config))}, seed {plan.seed}{extra}", highlight=False
+        )
+
+
+def _print_report(result: dict[str, Any]) -> None:
+    from lsearch.verdict import LABELS, show, show_interval
+
+    metrics = result["metrics"]
+    for note in result["notes"]:
+        err.print(note, highlight=False, markup=False)
+    table = Table(title=f"{result['study']}: mean [95 % CI] over seeds")
+    table.add_column("cell")
+    table.add_column("n", justify="right")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for cell in result["cells"]:
+        row = [cell["label"], str(len(cell["seeds"]))]
+        for metric in metrics:
+            s = cell["metrics"][metric]
+            row.append(
+                "-" if s is None else f"{show(metric, s['mean'])}\n{show_interval(metric, s['ci'])}"
+            )
+        table.add_row(*row)
+    out.print(table)
+    cells = result["cells"]
+    for metric in metrics:
+        pairs = [p for p in result["comparisons"][metric] if p["n"]]
+        if not pairs:
+            continue
+        table = Table(title=f"{LABELS[metric]}: paired differences (first − second)")
+        for column in (
+            "first",
+            "second",
+            "n",
+            "diff [95 % t]",
+            "bootstrap",
+            "p",
+            "p Holm",
+            "p Wilcoxon",
+            "wins",
+            "seeds 80 %",
+        ):
+            table.add_column(column, justify="left" if column in ("first", "second") else "right")
+        for pair in pairs:
+            table.add_row(
+                cells[pair["first"]]["label"],
+                cells[pair["second"]]["label"],
+                str(pair["n"]),
+                f"{show(metric, pair['mean'], True)} {show_interval(metric, pair['ci'])}",
+                show_interval(metric, pair["bootstrap_ci"]),
+                "-" if pair["t_pvalue"] is None else f"{pair['t_pvalue']:.3g}",
+                "-" if pair["t_pvalue_holm"] is None else f"{pair['t_pvalue_holm']:.3g}",
+                "-" if pair["wilcoxon_pvalue"] is None else f"{pair['wilcoxon_pvalue']:.3g}",
+                f"{pair['wins']:.2f}",
+                "-" if pair["seeds_needed"] is None else str(pair["seeds_needed"]),
+            )
+        out.print(table)
+    if result["verdicts"]:
+        out.print("[bold]verdicts[/]")
+        for verdict in result["verdicts"]:
+            out.print(f"- {verdict}", highlight=False, markup=False)
 
 
 def _show(value: Any) -> str:

@@ -96,3 +96,45 @@ def summary_table(study: optuna.Study, top: int = 10) -> Table:
             f"{trial.user_attrs.get('train_seconds', 0.0):.1f}",
         )
     return table
+
+
+class SeedRunProgress:
+    """Seed-runs of a comparison trained of those planned, and the one in flight."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]seed-runs"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[now]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        )
+        self.task = self.progress.add_task("seed-runs", total=total, now="")
+
+    def __enter__(self) -> SeedRunProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.progress.stop()
+
+    def on_epoch(self, trial_number: int, epoch: int, epochs: int, value: float) -> None:
+        now = f"trial {trial_number} epoch {epoch}/{epochs} val acc {value:.4f}"
+        self.progress.update(self.task, now=now)
+
+    def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        reason = trial.user_attrs.get("fail_reason")
+        if trial.state == TrialState.FAIL and reason and "config" in trial.user_attrs:
+            self.progress.console.print(f"trial {trial.number} failed: {reason}", highlight=False)
+        if trial.state == TrialState.COMPLETE or "config" in trial.user_attrs:
+            self.progress.advance(self.task)
+        self.progress.update(self.task, now="")
+
+    def poll(self, study: optuna.Study) -> None:
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        now = f"waiting for trials {', '.join(map(str, running[:8]))}" if running else ""
+        self.progress.update(self.task, now=now)

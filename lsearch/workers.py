@@ -77,12 +77,13 @@ def worker_env(index: int, gpus: Sequence[str], storage_url: str) -> dict[str, s
 
 
 def start_workers(
-    count: int, run_args: Sequence[str], gpus: Sequence[str], storage_url: str, stagger_s: float
+    count: int, args: Sequence[str], gpus: Sequence[str], storage_url: str, stagger_s: float
 ) -> list[subprocess.Popen[bytes]]:
-    """Start `count` workers running `lsearch run *run_args --worker-index i --quiet`."""
+    """Start `count` workers running `lsearch *args --worker-index i --quiet` (args start
+    with the command: `run ...` or `compare ...`)."""
     workers = []
     for index in range(count):
-        command = [sys.executable, "-m", "lsearch", "run", *run_args]
+        command = [sys.executable, "-m", "lsearch", *args]
         command += ["--worker-index", str(index), "--quiet"]
         workers.append(
             subprocess.Popen(
