@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import optuna
 import pytest
 
 from lsearch.errors import UserError
@@ -20,6 +21,7 @@ from lsearch.spec import (
     load_spec,
     parse_override,
 )
+from tests.conftest import run_lsearch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,6 +153,44 @@ def test_fingerprint_follows_the_content() -> None:
     a = StudySpec(name="a")
     assert a.fingerprint() == StudySpec(name="a").fingerprint()
     assert a.fingerprint() != StudySpec(name="a", seeds=(0, 1)).fingerprint()
+
+
+def test_the_spec_check_reads_stored_specs_with_todays_defaults() -> None:
+    spec = load_spec("digits")
+    stored = spec.to_dict()
+    # A spec stored before `data.test_per_class` and `[baseline]` existed lacks both keys.
+    older = {k: v for k, v in stored.items() if k != "baseline"}
+    older["data"] = {k: v for k, v in stored["data"].items() if k != "test_per_class"}
+    assert not spec.same_trials_as(older), "the digits study now holds out a test set"
+    plain = spec.model_copy(update={"data": spec.data.model_copy(update={"test_per_class": None})})
+    assert plain.same_trials_as(older)
+    # What changes a trial's numbers is refused; what does not is not.
+    assert not spec.same_trials_as(load_spec("digits", ["train.batch_size=64"]).to_dict())
+    assert spec.same_trials_as(load_spec("digits", ["baseline.lr=0.1"]).to_dict())
+    assert spec.same_trials_as(load_spec("digits", ["storage.grace_period=300"]).to_dict())
+    assert not spec.same_trials_as({**stored, "removed_key": 1})
+    # A comparison does not depend on the search's space, sampler or seeds.
+    other = load_spec("digits", ["space.epochs=9", "seeds=[5, 6]", "sampler.seed=3"])
+    assert spec.same_trials_as(other.to_dict(), comparison=True)
+    assert not spec.same_trials_as(other.to_dict())
+
+
+def test_a_study_written_by_lsearch_0_1_0_still_opens_and_continues(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    shutil.copy(REPO / "tests" / "data" / "study-0.1.0.db", db)
+    storage = ["--storage", f"sqlite:///{db}"]
+    status = run_lsearch("status", *storage, cwd=tmp_path)
+    assert status.returncode == 0 and "made-by-0.1.0" in status.stdout, status.stderr
+    assert run_lsearch("best", *storage, cwd=tmp_path).returncode == 0
+    study_file = str(REPO / "tests" / "data" / "study-0.1.0.toml")
+    result = run_lsearch("run", "--study", study_file, "--trials", "3", *storage, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 of 3" not in result.stderr and "2 of 3 trials finished" in result.stderr
+    study = optuna.load_study(study_name="made-by-0.1.0", storage=f"sqlite:///{db}")
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
+    # It has no held-out test set (digits had none then): evaluate says how to get one.
+    evaluate = run_lsearch("evaluate", *storage, cwd=tmp_path)
+    assert evaluate.returncode == 2 and "data.test_per_class" in evaluate.stderr
 
 
 def test_a_built_wheel_carries_the_bundled_studies(tmp_path: Path) -> None:
