@@ -128,9 +128,11 @@ class SeedRunProgress:
 
     def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         reason = trial.user_attrs.get("fail_reason")
-        if trial.state == TrialState.FAIL and reason and "config" in trial.user_attrs:
+        # A seed-run that failed for a reason (a NaN loss) is settled: it is not retried.
+        settled = trial.state == TrialState.FAIL and reason and "config" in trial.user_attrs
+        if settled:
             self.progress.console.print(f"trial {trial.number} failed: {reason}", highlight=False)
-        if trial.state == TrialState.COMPLETE or "config" in trial.user_attrs:
+        if trial.state == TrialState.COMPLETE or settled:
             self.progress.advance(self.task)
         self.progress.update(self.task, now="")
 

@@ -41,6 +41,32 @@ def run_lsearch(
     )
 
 
+def run_on_terminal(*args: str, cwd: Path, timeout: float = 300) -> str:
+    """Run `lsearch` with its stderr on a pseudo-terminal, as in an interactive shell; what
+    the terminal showed. The command must succeed."""
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [LSEARCH, *args],
+        cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
+        env={k: v for k, v in os.environ.items() if k != "LSEARCH_STORAGE"} | {"TERM": "xterm"},
+    )  # fmt: skip
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert process.wait(timeout=timeout) == 0
+    os.close(leader)
+    return screen.decode(errors="replace")
+
+
 @pytest.fixture(scope="session")
 def postgres_server_url() -> str:
     """The PostgreSQL server tests use; its absence fails the tests, it never skips them."""

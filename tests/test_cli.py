@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import statistics
-import subprocess
 from pathlib import Path
 
 import optuna
@@ -14,7 +12,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tests.conftest import LSEARCH, TINY, run_lsearch
+from tests.conftest import TINY, run_lsearch, run_on_terminal
 
 DB = "lsearch.db"
 PER_SEED_KEYS = ("val_acc_per_seed", "val_ece_per_seed", "val_nll_per_seed", "temperature_per_seed")
@@ -314,25 +312,7 @@ def test_progress_is_drawn_on_a_terminal_and_not_elsewhere(tmp_path: Path) -> No
     )
     assert plain.returncode == 0 and "━" not in plain.stderr
     # The same command with its stderr on a pseudo-terminal, as in an interactive shell.
-    import pty
-
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        [LSEARCH, "run", "--trials", "2", *TINY, "--storage", "sqlite:///tty.db"],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
-        env={k: v for k, v in os.environ.items() if k != "LSEARCH_STORAGE"} | {"TERM": "xterm"},
-    )  # fmt: skip
-    os.close(follower)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        screen += chunk
-    assert process.wait(timeout=120) == 0
-    os.close(leader)
-    text = screen.decode(errors="replace")
+    text = run_on_terminal(
+        "run", "--trials", "2", *TINY, "--storage", "sqlite:///tty.db", cwd=tmp_path
+    )
     assert "━" in text and "2/2" in text and "trials" in text

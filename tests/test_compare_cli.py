@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats as st
 
-from tests.conftest import TINY, run_lsearch
+from tests.conftest import TINY, run_lsearch, run_on_terminal
 
 SMALL = [
     "--set", "data.train_per_class=15",
@@ -247,3 +247,11 @@ def test_compare_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     study = comparison(tmp_path, report["study"], storage=postgres_url)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     assert [c["metrics"]["test_acc"]["n"] for c in report["cells"]] == [2] * 4
+
+
+def test_progress_of_the_seed_runs_is_drawn_on_a_terminal(tmp_path: Path) -> None:
+    text = run_on_terminal(
+        "compare", "--grid", "label_smoothing=0,0.2", *SMALL, "--set", "baseline.epochs=2",
+        "--seeds", "0-1", cwd=tmp_path,
+    )  # fmt: skip
+    assert "seed-runs" in text and "4/4" in text and "━" in text
