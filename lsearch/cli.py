@@ -255,12 +255,16 @@ def status(
         pick_study(opened, study)  # a name that is not there is a user error
     rows = [row for row in study_rows(opened) if study is None or row.name == study]
     table = Table(title=f"studies in {mask_url(url)}")
-    for column in ("study", "direction", *(s.lower() for s in STATES), "best"):
-        table.add_column(column, justify="left" if column == "study" else "right")
+    for column in ("study", "kind", "direction", *(s.lower() for s in STATES), "best"):
+        table.add_column(column, justify="left" if column in ("study", "kind") else "right")
     for row in rows:
         best = "-" if row.best is None else ", ".join(f"{v:.4f}" for v in row.best)
         table.add_row(
-            row.name, ", ".join(row.directions), *(str(row.counts[s]) for s in STATES), best
+            row.name,
+            row.kind,
+            ", ".join(row.directions),
+            *(str(row.counts[s]) for s in STATES),
+            best,
         )
     out.print(table)
 
@@ -507,7 +511,7 @@ def _run_comparison(
 
         sys.stdout.write(to_markdown(result))
     else:
-        _print_report(result)
+        _print_report(result, request.notes)
 
 
 def compare_device(device: Any) -> str:
@@ -558,11 +562,11 @@ def _print_plan(request: Any, existing: Any, per_epoch: float | None, shown_url:
         )
 
 
-def _print_report(result: dict[str, Any]) -> None:
-    from lsearch.verdict import LABELS, show, show_interval
+def _print_report(result: dict[str, Any], shown_notes: tuple[str, ...]) -> None:
+    from lsearch.verdict import LABELS, show, show_interval, show_level
 
     metrics = result["metrics"]
-    for note in result["notes"]:
+    for note in result["notes"][len(shown_notes) :]:  # the request's notes came first
         err.print(note, highlight=False, markup=False)
     table = Table(title=f"{result['study']}: mean [95 % CI] over seeds")
     table.add_column("cell")
@@ -573,9 +577,7 @@ def _print_report(result: dict[str, Any]) -> None:
         row = [cell["label"], str(len(cell["seeds"]))]
         for metric in metrics:
             s = cell["metrics"][metric]
-            row.append(
-                "-" if s is None else f"{show(metric, s['mean'])}\n{show_interval(metric, s['ci'])}"
-            )
+            row.append("-" if s is None else show_level(metric, s).replace(" [", "\n["))
         table.add_row(*row)
     out.print(table)
     cells = result["cells"]
@@ -583,7 +585,11 @@ def _print_report(result: dict[str, Any]) -> None:
         pairs = [p for p in result["comparisons"][metric] if p["n"]]
         if not pairs:
             continue
-        table = Table(title=f"{LABELS[metric]}: paired differences (first − second)")
+        notes = {p["wilcoxon_note"] for p in pairs if p["wilcoxon_note"]}
+        table = Table(
+            title=f"{LABELS[metric]}: paired differences (first − second)",
+            caption="Wilcoxon: " + "; ".join(sorted(notes)) if notes else None,
+        )
         for column in (
             "first",
             "second",

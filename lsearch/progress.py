@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from types import TracebackType
+from typing import Self
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -18,25 +19,24 @@ def _format(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-class SearchProgress:
-    """Trials done of N, the trial and epoch in flight, and the best value so far."""
+class _LiveBar:
+    """A rich progress bar on a terminal (disabled elsewhere): what is done of a total, the
+    work in flight, and the elapsed time; a context manager that starts and stops it."""
 
-    def __init__(self, console: Console, total: int, done: int, metric: str) -> None:
-        self.metric = metric
+    def __init__(self, console: Console, label: str, total: int, done: int, *extra: str) -> None:
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn(f"[bold]{label}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[now]}"),
-            TextColumn("best {task.fields[best]}"),
+            *(TextColumn(column) for column in extra),
             TimeElapsedColumn(),
             console=console,
             disable=not console.is_terminal,
-            transient=False,
         )
-        self.task = self.progress.add_task("trials", total=total, completed=done, now="", best="-")
+        self.task = self.progress.add_task(label, total=total, completed=done, now="", best="-")
 
-    def __enter__(self) -> SearchProgress:
+    def __enter__(self) -> Self:
         self.progress.start()
         return self
 
@@ -44,6 +44,14 @@ class SearchProgress:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.progress.stop()
+
+
+class SearchProgress(_LiveBar):
+    """Trials done of N, the trial and epoch in flight, and the best value so far."""
+
+    def __init__(self, console: Console, total: int, done: int, metric: str) -> None:
+        super().__init__(console, "trials", total, done, "best {task.fields[best]}")
+        self.metric = metric
 
     def on_epoch(self, trial_number: int, epoch: int, epochs: int, value: float) -> None:
         now = f"trial {trial_number} epoch {epoch}/{epochs} {self.metric} {value:.4f}"
@@ -98,29 +106,11 @@ def summary_table(study: optuna.Study, top: int = 10) -> Table:
     return table
 
 
-class SeedRunProgress:
+class SeedRunProgress(_LiveBar):
     """Seed-runs of a comparison trained of those planned, and the one in flight."""
 
     def __init__(self, console: Console, total: int) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]seed-runs"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[now]}"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal,
-        )
-        self.task = self.progress.add_task("seed-runs", total=total, now="")
-
-    def __enter__(self) -> SeedRunProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.progress.stop()
+        super().__init__(console, "seed-runs", total, 0)
 
     def on_epoch(self, trial_number: int, epoch: int, epochs: int, value: float) -> None:
         now = f"trial {trial_number} epoch {epoch}/{epochs} val acc {value:.4f}"

@@ -17,6 +17,7 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 @dataclass(frozen=True)
 class StudyRow:
     name: str
+    kind: str  # "search" or "comparison"
     directions: list[str]
     counts: dict[str, int]  # trial state name -> number of trials
     best: list[float] | None  # the best values (single objective), None when none finished
@@ -29,10 +30,13 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[StudyRow]:
         trials = study.get_trials(deepcopy=False)
         counts = Counter(t.state.name for t in trials)
         directions = [d.name.lower() for d in study.directions]
+        kind = "comparison" if is_comparison(summary) else "search"
         best = None
-        if len(directions) == 1 and counts["COMPLETE"]:
+        # A comparison's best seed-run says nothing: its answer is `lsearch compare`'s output.
+        if kind == "search" and len(directions) == 1 and counts["COMPLETE"]:
             best = [study.best_value]
-        rows.append(StudyRow(summary.study_name, directions, {s: counts[s] for s in STATES}, best))
+        counts_by_state = {s: counts[s] for s in STATES}
+        rows.append(StudyRow(summary.study_name, kind, directions, counts_by_state, best))
     return rows
 
 

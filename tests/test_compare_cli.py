@@ -186,7 +186,12 @@ def test_evaluate_and_from_best_use_fresh_seeds_and_best_still_works(tmp_path: P
     search = optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp_path}/lsearch.db")
     assert cell["config"] == search.best_trial.user_attrs["config"]
     assert search.user_attrs["lsearch_test_configurations"] == 1
-    # The read-only commands still default to the only search study.
+    # The read-only commands still default to the only search study; status tells them apart.
+    status = run_lsearch("status", cwd=tmp_path)
+    rows = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if "│" in line}
+    evaluated = rows[f"digits evaluate trial {search.best_trial.number}"]
+    assert "search" in rows["digits"] and "comparison" in evaluated
+    assert evaluated.split("│")[-2].strip() == "-", "a comparison has no best value to show"
     best = run_lsearch("best", "--json", cwd=tmp_path)
     assert best.returncode == 0, best.stderr
     assert json.loads(best.stdout)["study"] == "digits"
