@@ -55,7 +55,6 @@ DEFAULT_METRICS = ("val_acc", "val_ece", "test_acc", "test_ece", "test_ece_ts", 
 ALL_METRICS = (
     *DEFAULT_METRICS, "val_nll", "test_nll_ts", "test_brier", "test_ace",
 )  # fmt: skip
-HIGHER_IS_BETTER = {"val_acc": True, "test_acc": True}
 FEWEST_SEEDS = 2
 ADVISED_SEEDS = 4
 

@@ -7,7 +7,11 @@ User attributes written on every finished or pruned trial (stable names, see REA
 `best_epoch`, `chosen_epoch`, `epochs_run`, `epochs_trained`, `pruned_at_epoch`,
 `train_seconds`, `device`, `resumed_from_trial`, `resumed_from_epoch`, and the curves
 `curve_train_loss`, `curve_val_loss`, `curve_val_acc`, `curve_val_ece` (one list per seed,
-one value per epoch). A trial whose loss became NaN gets `fail_reason`.
+one value per epoch), and `chosen_by` (the epoch is chosen by mean validation accuracy, for
+every objective). A trial whose loss became NaN gets `fail_reason`. A trial trained with a
+test set (`lsearch compare`, `lsearch evaluate`) also gets the test metrics of
+`lsearch.evaluation.TEST_METRICS` with their `_per_seed` lists, the reliability data, and
+`held_out`: those results for every epoch count read from it.
 
 With checkpoints on, every epoch is checkpointed before it is reported; a trial that
 Optuna re-queued after its worker died resumes from the newest checkpoint of the trial it

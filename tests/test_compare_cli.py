@@ -260,3 +260,53 @@ def test_progress_of_the_seed_runs_is_drawn_on_a_terminal(tmp_path: Path) -> Non
         "--seeds", "0-1", cwd=tmp_path,
     )  # fmt: skip
     assert "seed-runs" in text and "4/4" in text and "━" in text
+
+
+def test_a_killed_compare_worker_s_seed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import LSEARCH
+
+    args = [
+        "compare", "--grid", "label_smoothing=0,0.2", "--seeds", "0-1",
+        "--set", "data.train_per_class=50", "--set", "data.val_per_class=50",
+        "--set", "baseline.epochs=20", "--set", "train.patience=100",
+        "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3",
+        "--metric", "test_acc", "--metric", "test_ece",
+    ]  # fmt: skip
+    storage = f"sqlite:///{tmp_path / 'crash.db'}"
+    victim = subprocess.Popen(
+        [LSEARCH, *args, "--storage", storage], cwd=tmp_path, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    name = "digits compare label_smoothing=0,0.2"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).trials
+        except KeyError:  # not created yet
+            trials = []
+        pointer = trials[0].user_attrs.get("checkpoint") if trials else None
+        if pointer and pointer["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    survivor = run_lsearch(*args, "--storage", storage, "--json", cwd=tmp_path)
+    assert survivor.returncode == 0, survivor.stderr
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert study.trials[0].state == TrialState.FAIL
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
+    assert retry.state == TrialState.COMPLETE and retry.params == study.trials[0].params
+    assert retry.user_attrs["resumed_from_epoch"] >= 2
+    assert retry.user_attrs["epochs_trained"] == 20 - retry.user_attrs["resumed_from_epoch"]
+    # Every cell and seed is there once, with the numbers of a comparison never interrupted.
+    clean = run_lsearch(*args, "--storage", f"sqlite:///{tmp_path / 'clean.db'}", "--json",
+                        cwd=tmp_path)  # fmt: skip
+    assert clean.returncode == 0, clean.stderr
+    resumed, reference = json.loads(survivor.stdout), json.loads(clean.stdout)
+    for got, want in zip(resumed["cells"], reference["cells"], strict=True):
+        assert got["metrics"] == want["metrics"]
+    assert not list((tmp_path / "artifacts").iterdir()), "no checkpoint outlives its seed-run"
