@@ -504,6 +504,10 @@ def _run_comparison(
         return
     compare.record_test_use(storage, request, found)
     result = compare.report(request, found)
+    # The figures and verdicts go into the studies too, for optuna-dashboard.
+    from lsearch.report import publish
+
+    publish(storage, request.search_study)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     elif markdown:
@@ -621,6 +625,129 @@ def _print_report(result: dict[str, Any], shown_notes: tuple[str, ...]) -> None:
         out.print("[bold]verdicts[/]")
         for verdict in result["verdicts"]:
             out.print(f"- {verdict}", highlight=False, markup=False)
+
+
+@app.command()
+@user_errors
+def export(
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="Output format: csv or json (required)", show_default=False),
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option("--study", help="Study name [default: the only search study in the storage]"),
+    ] = None,
+    storage: StorageOption = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Write to this file, atomically [default: standard output]"
+        ),
+    ] = None,
+) -> None:
+    """Export a study as one row per trial and seed: parameters, seed and every per-seed
+    metric, as CSV or JSON (columns: see lsearch/export.py)."""
+    from pathlib import Path
+
+    from lsearch.export import check_format, export_rows, render, write_atomic
+    from lsearch.results import pick_study
+    from lsearch.storage import open_storage, resolve_url
+
+    fmt = check_format(fmt)
+    quiet_libraries()
+    found = pick_study(open_storage(resolve_url(storage), must_exist=True), study)
+    columns, rows = export_rows(found.study_name, found.get_trials(deepcopy=False))
+    text = render(fmt, columns, rows)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    write_atomic(Path(output), text)
+    err.print(f"wrote {len(rows)} rows to {output}", highlight=False, markup=False)
+
+
+@app.command()
+@user_errors
+def dashboard(
+    storage: StorageOption = None,
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on; any but loopback exposes it (it has no login)"),
+    ] = "127.0.0.1",
+    artifacts: Annotated[
+        str,
+        typer.Option(help="Checkpoint store to list kept checkpoints from: folder, s3://, gs://"),
+    ] = "artifacts",
+) -> None:
+    """Serve optuna-dashboard for a storage, with its kept checkpoints, on 127.0.0.1:8080.
+    Ctrl-C stops it."""
+    from lsearch.dashboard import exposure_warning, is_loopback, open_dashboard, url_of
+    from lsearch.storage import mask_url, resolve_url
+
+    try:
+        quiet_libraries()
+        url = resolve_url(storage)
+        server = open_dashboard(url, host=host, port=port, artifacts=artifacts)
+        try:
+            if not is_loopback(host):
+                warning = exposure_warning(host, server.server_address[1])
+                err.print(warning, highlight=False, markup=False, soft_wrap=True)
+            err.print(
+                f"serving {mask_url(url)} on {url_of(server)} (Ctrl-C to stop)",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+            server.serve_forever()
+        finally:
+            server.server_close()
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
+@user_errors
+def report(
+    study: StudyNameOption = None,
+    storage: StorageOption = None,
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="HTML file, or folder for --format png/svg")
+    ] = "report.html",
+    image_format: Annotated[
+        str, typer.Option("--format", help="html (one self-contained file), png or svg")
+    ] = "html",
+) -> None:
+    """Draw a search and its comparisons: one self-contained HTML file (plotly.js embedded,
+    opens offline), and the same figures and verdicts stored in the studies for
+    optuna-dashboard."""
+    from pathlib import Path
+
+    from lsearch import report as reporting
+    from lsearch.export import write_atomic
+    from lsearch.results import pick_study
+    from lsearch.storage import open_storage, resolve_url
+
+    if image_format not in ("html", "png", "svg"):
+        raise UserError(f"--format {image_format!r}: use html, png or svg")
+    quiet_libraries()
+    opened = open_storage(resolve_url(storage), must_exist=True)
+    search = pick_study(opened, study, search_only=True)
+    sections, verdicts = reporting.publish(opened, search.study_name)
+    if not sections:
+        raise UserError(f"study '{search.study_name}' has nothing to report yet; run it first")
+    target = Path(output)
+    if image_format == "html":
+        write_atomic(target, reporting.render_html(search, sections))
+        figures = sum(len(section.figures) for section in sections)
+        err.print(
+            f"wrote {target} ({figures} figures, {len(verdicts)} verdicts; opens offline); "
+            "figures and verdicts also stored in the studies for optuna-dashboard",
+            highlight=False,
+        )
+    else:
+        written = reporting.write_images(target, sections, image_format)
+        err.print(f"wrote {len(written)} {image_format} files to {target}/", highlight=False)
 
 
 def _show(value: Any) -> str:

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.data import ImagePool, TestSet
 from lsearch.errors import UserError
+from lsearch.evaluation import pooled_reliability
 from lsearch.objective import Objective, TrialConfig
 from lsearch.search import (
     FINGERPRINT_ATTR,
@@ -49,6 +50,7 @@ TEST_COUNT_ATTR = "lsearch_test_configurations"
 GRID_ATTR = "lsearch_grid"
 BASE_ATTR = "lsearch_base"
 SEEDS_ATTR = "lsearch_seeds"
+METRICS_ATTR = "lsearch_metrics"
 
 # The metrics a comparison reports by default, and every one it can report.
 DEFAULT_METRICS = ("val_acc", "val_ece", "test_acc", "test_ece", "test_ece_ts", "test_nll")
@@ -668,6 +670,7 @@ def report(request: Request, study: optuna.Study | None) -> dict[str, Any]:
     seen_metrics: set[str] = set()
     for cell in request.cells:
         per_seed: dict[int, dict[str, float]] = {}
+        reliability: dict[str, list[dict[str, Any]]] = {"": [], "_ts": []}
         trial_numbers, read_from = set(), set()
         for seed in request.seeds:
             key = _key(cell.config, seed)
@@ -687,6 +690,10 @@ def report(request: Request, study: optuna.Study | None) -> dict[str, Any]:
                 )
                 continue
             per_seed[seed] = {metric: hit.results[metric] for metric in request.metrics}
+            for when in ("", "_ts"):
+                bins = hit.results.get(f"test_reliability{when}_per_seed")
+                if bins:
+                    reliability[when].extend(bins)
             trial_numbers.add(hit.trial)
             if hit.trained_epochs != cell.config.epochs:
                 read_from.add(hit.trained_epochs)
@@ -703,6 +710,14 @@ def report(request: Request, study: optuna.Study | None) -> dict[str, Any]:
                 "levels": cell.levels,
                 "trials": sorted(trial_numbers),
                 "per_seed": per_seed,
+                # Test reliability bins pooled over the cell's seeds, before and after
+                # temperature scaling (for reliability diagrams).
+                "reliability": {
+                    "before": pooled_reliability(reliability[""]),
+                    "after": pooled_reliability(reliability["_ts"]),
+                }
+                if reliability[""] and reliability["_ts"]
+                else None,
             }
         )
     absent = [m for m in request.metrics if seen_metrics and m not in seen_metrics]
@@ -748,6 +763,7 @@ def record_test_use(
     study.set_user_attr(GRID_ATTR, request.grid)
     study.set_user_attr(BASE_ATTR, asdict(request.base))
     study.set_user_attr(SEEDS_ATTR, request.seeds)
+    study.set_user_attr(METRICS_ATTR, request.metrics)
     with contextlib.suppress(KeyError):
         search = optuna.load_study(study_name=request.search_study, storage=storage)
         search.set_user_attr(TEST_COUNT_ATTR, len(configs))
@@ -782,3 +798,35 @@ def train_pending(
         callbacks=[progress.on_trial],
         on_wait=progress.poll,
     )
+
+
+def request_from_study(study: optuna.Study) -> Request | None:
+    """The last request a comparison study was trained for, from its user attrs (None for a
+    comparison whose run never finished recording them)."""
+    attrs = study.user_attrs
+    if attrs.get(KIND_ATTR) != "comparison" or SEEDS_ATTR not in attrs:
+        return None
+    return Request(
+        spec=StudySpec.model_validate(attrs[SPEC_ATTR]),
+        grid=attrs[GRID_ATTR],
+        base=TrialConfig(**attrs[BASE_ATTR]),
+        seeds=list(attrs[SEEDS_ATTR]),
+        metrics=list(attrs.get(METRICS_ATTR, DEFAULT_METRICS)),
+        search_study=attrs[SEARCH_STUDY_ATTR],
+        name=study.study_name,
+    )
+
+
+def linked_comparisons(
+    storage: optuna.storages.BaseStorage, search_study: str
+) -> list[tuple[optuna.Study, Request]]:
+    """The comparison studies of a search, with their last requests, in name order."""
+    found = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        attrs = summary.user_attrs
+        if attrs.get(KIND_ATTR) == "comparison" and attrs.get(SEARCH_STUDY_ATTR) == search_study:
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            request = request_from_study(study)
+            if request is not None:
+                found.append((study, request))
+    return sorted(found, key=lambda pair: pair[0].study_name)

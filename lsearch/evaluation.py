@@ -60,3 +60,16 @@ def held_out_metrics(
         "test_reliability": _reliability(metrics.reliability_bins(logits, labels, N_BINS)),
         "test_reliability_ts": _reliability(metrics.reliability_bins(scaled, labels, N_BINS)),
     }
+
+
+def pooled_reliability(per_seed: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Reliability bins pooled over seeds: counts add up; accuracy and confidence are
+    count-weighted means (None where no seed had a prediction in the bin)."""
+    bins = len(per_seed[0]["counts"])
+    counts = [sum(s["counts"][b] for s in per_seed) for b in range(bins)]
+    pooled: dict[str, list[Any]] = {"counts": counts, "accuracy": [], "confidence": []}
+    for key in ("accuracy", "confidence"):
+        for b in range(bins):
+            total = sum(s["counts"][b] * s[key][b] for s in per_seed if s["counts"][b])
+            pooled[key].append(total / counts[b] if counts[b] else None)
+    return pooled

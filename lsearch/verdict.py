@@ -236,52 +236,66 @@ def _two_by_two(
     return result
 
 
-def to_markdown(report: dict[str, Any]) -> str:
-    """The cells, pairs and verdicts as Markdown tables (for a notebook or a pull request)."""
+def cell_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The cells table (header, rows): each metric's mean and 95 % interval per cell."""
     metrics = report["metrics"]
-    lines = [f"## {report['study']}", ""]
-    for note in report.get("notes", []):
-        lines.append(f"- {note}")
-    if report.get("notes"):
-        lines.append("")
-    lines += ["### Cells", "", "| cell | n | " + " | ".join(metrics) + " |"]
-    lines.append("| --- | --- | " + " | ".join("---" for _ in metrics) + " |")
+    rows = []
     for cell in report["cells"]:
         row = [cell["label"], str(len(cell["seeds"]))]
         for metric in metrics:
             s = cell["metrics"][metric]
             row.append("n/a" if s is None else show_level(metric, s))
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "### Paired differences (first − second, by seed)", ""]
-    lines.append(
-        "| metric | first | second | n | difference [95 % t] | bootstrap 95 % | p (t) | "
-        "p (Holm) | p (Wilcoxon) | wins | seeds for 80 % power |"
-    )
-    lines.append("| " + " | ".join("---" for _ in range(11)) + " |")
+        rows.append(row)
+    return ["cell", "n", *metrics], rows
+
+
+PAIR_HEADER = [
+    "metric", "first", "second", "n", "difference [95 % t]", "bootstrap 95 %", "p (t)",
+    "p (Holm)", "p (Wilcoxon)", "wins", "seeds for 80 % power",
+]  # fmt: skip
+
+
+def pair_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The paired-differences table (header, rows), every metric's pairs."""
     cells = report["cells"]
-    for metric in metrics:
+    rows = []
+    for metric in report["metrics"]:
         for pair in report["comparisons"][metric]:
             if not pair["n"]:
                 continue
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        metric,
-                        cells[pair["first"]]["label"],
-                        cells[pair["second"]]["label"],
-                        str(pair["n"]),
-                        f"{show(metric, pair['mean'], True)} {show_interval(metric, pair['ci'])}",
-                        show_interval(metric, pair["bootstrap_ci"]),
-                        _p(pair["t_pvalue"]),
-                        _p(pair["t_pvalue_holm"]),
-                        _p(pair["wilcoxon_pvalue"]),
-                        f"{pair['wins']:.2f}",
-                        "n/a" if pair["seeds_needed"] is None else str(pair["seeds_needed"]),
-                    ]
-                )
-                + " |"
+            rows.append(
+                [
+                    metric,
+                    cells[pair["first"]]["label"],
+                    cells[pair["second"]]["label"],
+                    str(pair["n"]),
+                    f"{show(metric, pair['mean'], True)} {show_interval(metric, pair['ci'])}",
+                    show_interval(metric, pair["bootstrap_ci"]),
+                    _p(pair["t_pvalue"]),
+                    _p(pair["t_pvalue_holm"]),
+                    _p(pair["wilcoxon_pvalue"]),
+                    f"{pair['wins']:.2f}",
+                    "n/a" if pair["seeds_needed"] is None else str(pair["seeds_needed"]),
+                ]
             )
+    return PAIR_HEADER, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The cells, pairs and verdicts as Markdown tables (for a notebook or a pull request)."""
+    lines = [f"## {report['study']}", ""]
+    for note in report.get("notes", []):
+        lines.append(f"- {note}")
+    if report.get("notes"):
+        lines.append("")
+    lines += ["### Cells", "", *_markdown_table(*cell_rows(report))]
+    lines += ["", "### Paired differences (first − second, by seed)", ""]
+    lines += _markdown_table(*pair_rows(report))
     lines += ["", "### Verdicts", ""]
     lines += [f"- {verdict}" for verdict in report["verdicts"]]
     return "\n".join(lines) + "\n"
