@@ -194,18 +194,46 @@ def parallel_coordinates(trials: Sequence[FrozenTrial]) -> go.Figure:
     return fig
 
 
+def binned_means(
+    xs: Sequence[float], ys: Sequence[float], values: Sequence[float], bins: int = 8
+) -> tuple[list[float], list[float], list[list[float | None]]]:
+    """Means of `values` over an equal-width `bins` × `bins` grid of (x, y): the cell edges
+    and the means, None where no point fell (drawn empty, never as a zero)."""
+
+    def edges(points: Sequence[float]) -> list[float]:
+        low, high = min(points), max(points)
+        high = high if high > low else low + 1
+        return [low + (high - low) * i / bins for i in range(bins + 1)]
+
+    def index(value: float, cut: list[float]) -> int:
+        return min(bins - 1, int((value - cut[0]) / (cut[-1] - cut[0]) * bins))
+
+    x_edges, y_edges = edges(xs), edges(ys)
+    sums = [[0.0] * bins for _ in range(bins)]
+    counts = [[0] * bins for _ in range(bins)]
+    for x, y, v in zip(xs, ys, values, strict=True):
+        row, col = index(y, y_edges), index(x, x_edges)
+        sums[row][col] += v
+        counts[row][col] += 1
+    z = [[s / n if n else None for s, n in zip(srow, nrow, strict=True)]
+         for srow, nrow in zip(sums, counts, strict=True)]  # fmt: skip
+    return x_edges, y_edges, z
+
+
 def epsilon_epochs_map(trials: Sequence[FrozenTrial]) -> go.Figure:
-    """Mean validation accuracy of complete trials over a grid of ε × epochs, with every
-    finished trial on top (pruned ones as red crosses)."""
+    """Mean validation accuracy of complete trials over an 8 × 8 grid of ε × epochs (empty
+    cells left blank), with every finished trial on top (pruned ones as red crosses)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     fig = go.Figure()
     if complete:
+        x_edges, y_edges, z = binned_means(
+            [t.user_attrs["config"]["label_smoothing"] for t in complete],
+            [t.user_attrs["config"]["epochs"] for t in complete],
+            [100 * t.user_attrs["val_acc"] for t in complete],
+        )
         fig.add_trace(
-            go.Histogram2d(
-                x=[t.user_attrs["config"]["label_smoothing"] for t in complete],
-                y=[t.user_attrs["config"]["epochs"] for t in complete],
-                z=[100 * t.user_attrs["val_acc"] for t in complete],
-                histfunc="avg", nbinsx=8, nbinsy=8, colorscale="Viridis",
+            go.Heatmap(
+                x=x_edges, y=y_edges, z=z, colorscale="Viridis", hoverongaps=False,
                 colorbar={"title": "mean val acc (%)"},
             )
         )  # fmt: skip
@@ -278,8 +306,8 @@ def forest(result: dict[str, Any], metric: str) -> go.Figure:
         )
     )  # fmt: skip
     fig.add_vline(x=0, line={"color": "#d62728", "dash": "dash"})
-    unit = "pp" if in_points(metric) else ""
-    fig = _layout(fig, f"{LABELS[metric]}: paired differences", f"difference {unit}", "")
+    unit = " (pp)" if in_points(metric) else ""
+    fig = _layout(fig, f"{LABELS[metric]}: paired differences", f"difference{unit}", "")
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(height=max(300, 70 * len(pairs) + 150))
     return fig
@@ -385,8 +413,12 @@ def glance(study: optuna.Study, spec: dict[str, Any] | None) -> Section:
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     seconds = sum(t.user_attrs.get("train_seconds", 0.0) for t in trials)
     devices = sorted({t.user_attrs["device"] for t in trials if "device" in t.user_attrs})
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
     rows = [
         ["trials", ", ".join(f"{n} {s}" for s, n in counts.items() if n)],
+        ["wall time (first trial's start to last trial's end)", f"{wall:.1f} s"],
         ["training time (sum over trials)", f"{seconds:.1f} s"],
         ["devices", ", ".join(devices) or "-"],
         ["directions", ", ".join(d.name.lower() for d in study.directions)],

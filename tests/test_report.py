@@ -152,3 +152,23 @@ def test_a_report_of_a_running_study_says_so(reported: Path, tmp_path: Path) -> 
     assert (
         "This study is still running (1 trials running" in (tmp_path / "running.html").read_text()
     )
+
+
+def test_binned_means_leave_empty_cells_empty() -> None:
+    from lsearch.report import binned_means
+
+    # Points at (0, 5) -> cell (row 0, col 0); two at (0.3, 20) -> the top right cell.
+    x_edges, y_edges, z = binned_means([0, 0.3, 0.3], [5, 20, 20], [50, 90, 100], bins=2)
+    assert x_edges == [0.0, 0.15, 0.3] and y_edges == [5.0, 12.5, 20.0]
+    assert z == [[50.0, None], [None, 95.0]]
+
+
+def test_a_multi_objective_study_gets_its_pareto_front(tmp_path: Path) -> None:
+    run = run_lsearch(
+        "run", "--trials", "3", *TINY, "--set", 'objective.metric="val_acc+val_ece"', cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    result = run_lsearch("report", "-o", "pareto.html", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "pareto.html").read_text()
+    assert 'id="lsearch-pareto-front"' in text and "Pareto-optimal trial" in text
