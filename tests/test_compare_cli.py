@@ -60,6 +60,12 @@ def test_a_2x2_grid_gives_every_number_and_they_match_the_storage(tmp_path: Path
     assert study.user_attrs["lsearch_kind"] == "comparison"
     assert study.user_attrs["lsearch_search_study"] == "digits"
     assert study.user_attrs["lsearch_test_configurations"] == 4
+    # The comparison stored its figures and verdicts for optuna-dashboard.
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    backend = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/lsearch.db")
+    stored = backend.get_study_system_attrs(backend.get_study_id_from_name(name))
+    assert any(key.startswith("lsearch-forest-") for key in get_plotly_graph_objects(stored))
     assert set(study.user_attrs["lsearch_produced_by"]) >= {"lsearch", "torch", "optuna", "device"}
     # Cells differing only in epochs train once under a constant schedule: 2 ε × 6 seeds.
     trials = study.get_trials()
