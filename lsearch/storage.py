@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Callable
@@ -180,18 +181,26 @@ def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
     return proxy
 
 
+# What losing the race to create Optuna's tables looks like: another process created a
+# table (SQLite: OperationalError, PostgreSQL: ProgrammingError) or stamped the schema
+# version first (IntegrityError on alembic_version / version_info).
+_SCHEMA_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
+
+
 def _create_rdb_storage(
     url: str, kwargs: dict[str, Any], heartbeat: dict[str, Any]
 ) -> ResilientRDBStorage:
     """Workers started together on a fresh database race to create Optuna's tables; the
-    losers see "already exists" and find the tables there when they try again."""
-    for attempt in range(5):
+    losers find the tables there when they try again (after a random pause, so that they
+    do not collide again in lockstep)."""
+    attempts = 10
+    for attempt in range(attempts):
         try:
             return ResilientRDBStorage(url, engine_kwargs=kwargs, **heartbeat)
-        except (IntegrityError, ProgrammingError) as exc:
-            if "already exists" not in str(exc) or attempt == 4:
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            if not any(sign in str(exc) for sign in _SCHEMA_RACE) or attempt == attempts - 1:
                 raise
-            time.sleep(0.2 * (attempt + 1))
+            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
     raise AssertionError("unreachable")
 
 

@@ -313,3 +313,50 @@ def test_sampler_seeds_differ_per_worker_and_after_a_resume() -> None:
     assert sampler_seed(unseeded, 3, 1) is None
     assert parse_worker_index("7") == 7
     assert parse_worker_index("auto") == parse_worker_index("auto")
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from lsearch.storage import open_storage
+from lsearch.errors import UserError
+gun = Path(sys.argv[1])
+deadline = time.monotonic() + 120
+while not gun.exists() and time.monotonic() < deadline:
+    time.sleep(0.001)
+try:
+    open_storage(sys.argv[2])
+    print("ok")
+except UserError as exc:
+    print(f"error: {exc}")
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_opening_a_fresh_storage_at_the_same_moment_all_succeed(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Processes that are already running open one fresh storage at a start signal, so
+    that they race to create Optuna's tables (this failed for SQLite with "table studies
+    already exists" and "UNIQUE constraint failed: alembic_version")."""
+    import sys
+
+    url = (
+        f"sqlite:///{tmp_path / 'fresh.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    gun = tmp_path / "go"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(gun), url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(8)  # every racer has imported lsearch and waits for the signal
+    gun.touch()
+    outputs = [racer.communicate(timeout=180)[0].strip() for racer in racers]
+    assert outputs == ["ok"] * 4, outputs
