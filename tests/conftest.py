@@ -107,3 +107,67 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own (initdb on a free port in a temporary folder,
+    run as the `postgres` user), so that a test may stop and start it without touching the
+    machine's server or the one $LSEARCH_TEST_POSTGRES names."""
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+        import tempfile
+
+        bindir = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        self.pg_ctl = str(Path(bindir) / "pg_ctl")
+        self.folder = Path(tempfile.mkdtemp(prefix="lsearch-pg-"))
+        shutil.chown(self.folder, "postgres", "postgres")
+        self.data = self.folder / "data"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self._as_postgres(
+            str(Path(bindir) / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"
+        )
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.start()
+
+    def _as_postgres(self, *command: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        log = str(self.folder / "server.log")
+        self._as_postgres(
+            self.pg_ctl, "-D", str(self.data), "-o", options, "-l", log, "-w", "start"
+        )
+
+    def stop(self) -> None:
+        self._as_postgres(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        import shutil
+
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", self.pg_ctl, "-D", str(self.data), "-m",
+             "immediate", "stop"],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    """A fresh PostgreSQL cluster that this test alone may stop and start; without
+    PostgreSQL's binaries the test fails (it never skips)."""
+    cluster = OwnPostgres()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()

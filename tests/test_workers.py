@@ -162,25 +162,18 @@ def test_all_workers_dead_then_one_run_continues_the_study(tmp_path: Path) -> No
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
 
 
-def pg_cluster(action: str) -> None:
-    (version,) = os.listdir("/etc/postgresql")
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
-        check=True,
-        timeout=120,
-    )
-
-
-def test_postgresql_restart_mid_study_loses_nothing(tmp_path: Path, postgres_url: str) -> None:
+def test_postgresql_restart_mid_study_loses_nothing(tmp_path: Path, own_postgres) -> None:
+    """Stops and starts a cluster the test made itself, never the machine's server."""
+    url = own_postgres.url
     args = (
         "--trials", "8", *TINY, "--set", "space.epochs=30", "--set", "train.patience=100",
-        "--set", 'pruner.type="none"', "--storage", postgres_url,
+        "--set", 'pruner.type="none"', "--storage", url,
     )  # fmt: skip
     workers = [start_worker(*args, "--worker-index", str(i), cwd=tmp_path) for i in range(2)]
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            study = optuna.load_study(study_name="digits", storage=postgres_url)
+            study = optuna.load_study(study_name="digits", storage=url)
             done_before = {t.number for t in study.get_trials(states=FINISHED)}
         except KeyError:
             done_before = set()
@@ -189,16 +182,16 @@ def test_postgresql_restart_mid_study_loses_nothing(tmp_path: Path, postgres_url
         time.sleep(0.2)
     assert len(done_before) >= 2, "the workers did not get going"
     assert len(done_before) < 8, "the study ended before the restart: it tested nothing"
-    pg_cluster("stop")
+    own_postgres.stop()
     try:
         time.sleep(4)
     finally:
-        pg_cluster("start")
+        own_postgres.start()
     for worker in workers:
         code, stderr = finish(worker)
         assert code == 0, stderr
         assert "Traceback" not in stderr
-    study = optuna.load_study(study_name="digits", storage=postgres_url)
+    study = optuna.load_study(study_name="digits", storage=url)
     assert_study_reached(study, 8, 2)
     still_done = {t.number for t in study.get_trials(states=FINISHED)}
     assert done_before <= still_done
