@@ -44,6 +44,14 @@ def test_services_reference_each_other() -> None:
     assert any(m.endswith(":/var/lib/postgresql/data") for m in postgres["volumes"])
 
 
+def test_a_worker_with_a_user_error_is_not_restarted_for_ever() -> None:
+    """Compose's restart policies cannot filter on exit codes: a worker exiting 2 (a bad
+    study file) must not restart in a loop, so its retries are bounded."""
+    policy = compose()["services"]["worker"]["restart"]
+    kind, _, retries = policy.partition(":")
+    assert kind == "on-failure" and retries.isdigit() and 1 <= int(retries) <= 5, policy
+
+
 def test_the_worker_reaches_postgres_with_its_credentials() -> None:
     services = compose()["services"]
     env = services["postgres"]["environment"]
