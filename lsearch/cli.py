@@ -125,6 +125,7 @@ def run(
     ] = False,
 ) -> None:
     """Run (or continue) a search until the study holds --trials finished trials."""
+    from lsearch import interrupts
     from lsearch.launch import prepare
     from lsearch.objective import Objective
     from lsearch.progress import SearchProgress, summary_table
@@ -169,7 +170,10 @@ def run(
         if len(spec.objective.directions) > 1 and spec.pruner.type != "none":
             err.print("note: Optuna cannot prune a multi-objective study; pruning is off")
     console = err if not quiet else Console(stderr=True, quiet=True)
-    with SearchProgress(console, trials, done, spec.objective.metric) as progress:
+    with (
+        interrupts.handling_signals(),
+        SearchProgress(console, trials, done, spec.objective.metric) as progress,
+    ):
         try:
             if supervises:
                 run_args = ["run", "--study", study, "--trials", str(trials), "--device", device]
@@ -181,6 +185,8 @@ def run(
                     run_args += ["--name", name]
                 started = start_workers(workers, run_args, gpu_list, url, stagger_s=0.5)
                 codes = wait_for(started, lambda: progress.poll(found))
+                if interrupts.requested() in ("SIGINT", "SIGTERM"):
+                    raise interrupts.Interrupted(str(interrupts.requested()))
                 if any(codes):
                     err.print(f"worker exit codes: {codes}")
             else:
@@ -200,7 +206,11 @@ def run(
                     heartbeats=prepared.heartbeats,
                     on_wait=progress.poll,
                 )
-        except KeyboardInterrupt:
+        except interrupts.Interrupted as exc:
+            _report_interrupt(exc, "the study")
+            if exc.reason != "timeout":
+                raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
             err.print("interrupted: run the same command again to continue the study")
             raise typer.Exit(130) from None
     if quiet:
@@ -209,6 +219,20 @@ def run(
     finished = count_finished(found)
     if finished < trials:
         err.print(f"{finished} of {trials} trials finished; run the same command again to continue")
+
+
+def _report_interrupt(exc: Any, what: str) -> None:
+    """One line on what an interrupt did to the trial in flight."""
+    stopped = "--timeout passed" if exc.reason == "timeout" else f"{exc.reason} received"
+    if exc.handed_back_as is not None:
+        err.print(
+            f"{stopped}: trial {exc.trial_number} was stopped and handed back as trial "
+            f"{exc.handed_back_as}; run the same command again to resume it from its last "
+            f"finished epoch and continue {what}",
+            highlight=False,
+        )
+    else:
+        err.print(f"{stopped}: run the same command again to continue {what}", highlight=False)
 
 
 @app.command()
@@ -450,7 +474,7 @@ def _run_comparison(
     """Check inputs, train what is missing (here or in workers), print the comparison."""
     import torch
 
-    from lsearch import compare
+    from lsearch import compare, interrupts
     from lsearch.data import load_test_set
     from lsearch.launch import check_and_load, open_spec_storage
     from lsearch.progress import SeedRunProgress
@@ -486,7 +510,7 @@ def _run_comparison(
         )
     console = err if not quiet else Console(stderr=True, quiet=True)
     total = len(compare.pending_plans(request, found))
-    with SeedRunProgress(console, total) as progress:
+    with interrupts.handling_signals(), SeedRunProgress(console, total) as progress:
         try:
             if workers > 1:
                 started = start_workers(workers, worker_args, [], url, stagger_s=0.5)
@@ -497,7 +521,10 @@ def _run_comparison(
                 compare.train_pending(
                     request, found, (pool, test_set), device, heartbeats, index, progress
                 )
-        except KeyboardInterrupt:
+        except interrupts.Interrupted as exc:
+            _report_interrupt(exc, "the comparison")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
             err.print("interrupted: run the same command again to train what is missing")
             raise typer.Exit(130) from None
     if quiet:

@@ -29,6 +29,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from lsearch import interrupts
 from lsearch.data import ImagePool, TestSet
 from lsearch.errors import UserError
 from lsearch.evaluation import pooled_reliability
@@ -38,6 +39,7 @@ from lsearch.search import (
     PRODUCED_BY_ATTR,
     SPEC_ATTR,
     fail_stale_trials,
+    optimize_one,
     produced_by,
 )
 from lsearch.spec import SEARCH_PARAMS, StudySpec
@@ -385,6 +387,7 @@ def run_plans(
     comes back as a retry; without them (gRPC proxy) it leaves."""
     keys = {plan.key for plan in objective.plans}
     while deadline is None or time.monotonic() < deadline:
+        interrupts.check()
         if heartbeats:
             fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
@@ -408,13 +411,7 @@ def run_plans(
                 on_wait(study)
             time.sleep(poll_seconds)
             continue
-        study.optimize(
-            objective,
-            n_trials=1,
-            callbacks=list(callbacks),
-            catch=(NonFiniteLossError, NothingLeft),
-            gc_after_trial=False,
-        )
+        optimize_one(study, objective, callbacks, catch=(NonFiniteLossError, NothingLeft))
 
 
 # ----------------------------------------------------------------------------- requests

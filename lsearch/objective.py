@@ -32,7 +32,7 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from lsearch import metrics
+from lsearch import interrupts, metrics
 from lsearch.checkpoint import CHECKPOINT_ATTR, Checkpoints
 from lsearch.data import ImagePool, Split, TestSet, split_for_seed
 from lsearch.evaluation import TEST_METRICS, held_out_metrics
@@ -272,8 +272,30 @@ class Objective:
         runs = [self.start(seed, config) for seed in seeds]
         progress = self.resume(trial, runs, prunes) or Progress([[] for _ in runs])
         first_epoch = progress.epochs_run + 1
-        patience = self.spec.train.patience
         keep_weights = None if test_set is None else (lambda: [r.weights() for r in runs])
+        try:
+            return self._train_epochs(
+                trial, config, runs, progress, started, first_epoch, prunes, test_set, test_at,
+                keep_weights,
+            )  # fmt: skip
+        except interrupts.Interrupted as exc:
+            exc.trial_number = trial.number  # the caller hands it back (interrupts.hand_back)
+            raise
+
+    def _train_epochs(
+        self,
+        trial: optuna.Trial,
+        config: TrialConfig,
+        runs: list[SeedRun],
+        progress: Progress,
+        started: float,
+        first_epoch: int,
+        prunes: bool,
+        test_set: TestSet | None,
+        test_at: Sequence[int],
+        keep_weights: Callable[[], list[dict[str, torch.Tensor]]] | None,
+    ) -> dict[str, Any]:
+        patience = self.spec.train.patience
         for epoch in range(first_epoch, config.epochs + 1):
             if patience is not None and epoch - 1 - progress.best_epoch >= patience:
                 break  # (only after a resume: the old trial died before it could stop)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lsearch import interrupts
 from lsearch.errors import UserError
 from lsearch.spec import Pruner, StudySpec
 from lsearch.train import NonFiniteLossError
@@ -175,6 +176,25 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def optimize_one(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float | Sequence[float]],
+    callbacks: Sequence[TrialCallback],
+    catch: tuple[type[Exception], ...],
+) -> None:
+    """Run one trial through Optuna's loop (heartbeats, retries of dead workers' trials
+    first). A trial stopped by Ctrl-C, SIGTERM or --timeout, which Optuna marks FAIL, is
+    handed back at once as a WAITING retry that resumes from its checkpoint."""
+    try:
+        study.optimize(
+            objective, n_trials=1, callbacks=list(callbacks), catch=catch, gc_after_trial=False
+        )
+    except interrupts.Interrupted as exc:
+        if exc.trial_number is not None:
+            exc.handed_back_as = interrupts.hand_back(study, exc.trial_number)
+        raise
+
+
 def run_until(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float | Sequence[float]],
@@ -186,7 +206,12 @@ def run_until(
     on_wait: Callable[[optuna.Study], None] | None = None,
 ) -> None:
     """Run trials, one at a time, until the study holds `n_finished` complete or pruned
-    trials, the timeout passes, or MAX_CONSECUTIVE_FAILURES trials in a row fail.
+    trials, the timeout passes (a trial running then is stopped and handed back), or
+    MAX_CONSECUTIVE_FAILURES trials in a row fail. Ctrl-C and SIGTERM raise
+    `interrupts.Interrupted` after handing the running trial back.
+
+    Optuna's own loop with `n_trials` cannot do this: it runs a set number of this
+    process's trials, while N here is a total over every worker, checked before each trial.
 
     Several processes may run this on one study. Before each trial a worker counts the
     finished and running trials of everyone: re-queued (WAITING) trials of dead workers are
@@ -198,8 +223,12 @@ def run_until(
     stays RUNNING for ever, so such a worker leaves instead of waiting.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    interrupts.set_deadline(deadline)
     failures = StopOnRepeatedFailure()
-    while deadline is None or time.monotonic() < deadline:
+    while True:
+        if interrupts.requested() == "timeout":
+            return
+        interrupts.check()
         if heartbeats:
             fail_stale_trials(study)
         counts = Counter(t.state for t in study.get_trials(deepcopy=False))
@@ -213,13 +242,7 @@ def run_until(
                 on_wait(study)
             time.sleep(poll_seconds)  # the last trials run elsewhere: see how they end
             continue
-        study.optimize(
-            objective,
-            n_trials=1,
-            callbacks=[*callbacks, failures],
-            catch=(NonFiniteLossError,),
-            gc_after_trial=False,
-        )
+        optimize_one(study, objective, [*callbacks, failures], catch=(NonFiniteLossError,))
         if failures.tripped:
             raise UserError(
                 f"{failures.limit} trials in a row failed (see their fail_reason user attr); "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lsearch import metrics
+from lsearch import interrupts, metrics
 from lsearch.augment import prepare
 from lsearch.data import ImagePool, Split
 from lsearch.errors import UserError
@@ -175,6 +175,7 @@ class SeedRun:
         self.net.train_mode()
         total = torch.zeros((), device=self.device)
         for start in stops:
+            interrupts.check()  # Ctrl-C, SIGTERM, --timeout: stop between batches
             index = order[start : start + batch]
             x = self._inputs(images[index], augment=True)
             with self._autocast():

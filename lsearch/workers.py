@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
+from lsearch import interrupts
 from lsearch.errors import UserError
 from lsearch.storage import STORAGE_ENV
 
@@ -98,8 +100,18 @@ def start_workers(
 def wait_for(
     workers: Sequence[subprocess.Popen[bytes]], poll: Callable[[], None], every_s: float = 1.0
 ) -> list[int]:
-    """Wait until every worker has exited, calling `poll` meanwhile; their exit codes."""
+    """Wait until every worker has exited, calling `poll` meanwhile; their exit codes.
+    A stop asked of this process is passed on to the workers once, as SIGTERM, so each
+    hands its trial back: `docker stop` signals only this process, and a Ctrl-C that also
+    reached the workers stays a first stop request for them (only a second SIGINT would
+    stop them at once)."""
+    forwarded = False
     while any(worker.poll() is None for worker in workers):
+        if interrupts.requested() in ("SIGINT", "SIGTERM") and not forwarded:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGTERM)
+            forwarded = True
         poll()
         time.sleep(every_s)
     poll()

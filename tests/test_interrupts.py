@@ -1,0 +1,110 @@
+"""Ctrl-C, SIGTERM and --timeout in the middle of a trial: the worker stops within seconds,
+its trial is handed back (a WAITING retry that carries the checkpoint) and the next run
+resumes it at once from its last finished epoch, leaving no checkpoint behind. Real
+processes, real signals. The grace period is 600 s, far beyond the subprocess timeouts: a
+rerun that had to wait for the heartbeat path instead would not finish in time."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import run_lsearch
+from tests.test_workers import start_worker, wait_for_checkpoint
+
+LONG = (
+    "--set", "data.train_per_class=50", "--set", "data.val_per_class=50",
+    "--set", "space.epochs=30", "--set", "train.patience=100",
+    "--set", "pruner.n_startup_trials=1000", "--grace-period", "600",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_trial_is_handed_back_and_resumed_at_once(
+    tmp_path: Path, sent: signal.Signals, code: int
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'stop.db'}"
+    worker = start_worker("--trials", "1", "--storage", storage, *LONG, cwd=tmp_path)
+    wait_for_checkpoint(storage, epoch=2)
+    worker.send_signal(sent)
+    _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == code, stderr
+    assert "handed back as trial 1" in stderr and "Traceback" not in stderr
+    study = optuna.load_study(study_name="digits", storage=storage)
+    stopped, retry = study.trials
+    assert stopped.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    pointer = retry.user_attrs["checkpoint"]
+    assert pointer == stopped.user_attrs["checkpoint"] and pointer["epoch"] >= 2
+
+    again = run_lsearch("run", "--trials", "1", "--storage", storage, *LONG, cwd=tmp_path,
+                        timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="digits", storage=storage)
+    (done,) = study.get_trials(states=(TrialState.COMPLETE,))
+    assert done.number == 1 and done.user_attrs["resumed_from_trial"] == 0
+    assert done.user_attrs["resumed_from_epoch"] == pointer["epoch"]
+    assert done.user_attrs["epochs_trained"] == 30 - pointer["epoch"]
+    assert list((tmp_path / "artifacts").iterdir()) == [], "no checkpoint outlives its trial"
+
+
+def test_timeout_stops_the_trial_in_flight_and_hands_it_back(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'timeout.db'}"
+    result = run_lsearch(
+        "run", "--trials", "1", "--storage", storage, *LONG, "--set", "space.epochs=3000",
+        "--timeout", "8", cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--timeout passed: trial 0 was stopped and handed back as trial 1" in result.stderr
+    study = optuna.load_study(study_name="digits", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[1].user_attrs["checkpoint"]["epoch"] < 3000
+
+
+def test_a_first_signal_asks_for_a_stop_and_a_second_ctrl_c_stops_at_once() -> None:
+    import os
+    import time
+
+    from lsearch import interrupts
+
+    with interrupts.handling_signals():
+        assert interrupts.requested() is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler runs between bytecodes of the main thread
+        assert interrupts.requested() == "SIGTERM"
+        with pytest.raises(interrupts.Interrupted) as stopped:
+            interrupts.check()
+        assert stopped.value.exit_code == 143
+        with pytest.raises(KeyboardInterrupt):  # after a request, Ctrl-C stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                time.sleep(0.001)
+    # The previous handlers are back, and the next run starts with no request.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with interrupts.handling_signals():
+        assert interrupts.requested() is None
+
+
+def test_sigterm_to_a_supervisor_hands_back_every_workers_trial(tmp_path: Path) -> None:
+    """`docker stop` signals only the process it started: `--workers` passes it on."""
+    storage = f"sqlite:///{tmp_path / 'supervised.db'}"
+    supervisor = start_worker(
+        "--trials", "2", "--workers", "2", "--storage", storage, *LONG, cwd=tmp_path
+    )
+    wait_for_checkpoint(storage, epoch=1)
+    supervisor.send_signal(signal.SIGTERM)
+    _, stderr = supervisor.communicate(timeout=120)
+    assert supervisor.returncode == 143, stderr
+    study = optuna.load_study(study_name="digits", storage=storage)
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states, states
+    # Every stopped trial has its WAITING retry; the first one had a checkpoint to carry.
+    failed = {t.number for t in study.get_trials(states=(TrialState.FAIL,))}
+    retried = {
+        t.system_attrs["failed_trial"]: t for t in study.get_trials(states=(TrialState.WAITING,))
+    }
+    assert failed and failed == set(retried), (failed, retried)
+    assert retried[0].user_attrs["checkpoint"]["epoch"] >= 1
