@@ -88,6 +88,7 @@ def handling_signals() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        reset()  # a request belongs to this command, not to the next one in this process
 
 
 def hand_back(study: optuna.Study, trial_number: int) -> int | None:

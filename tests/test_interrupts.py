@@ -82,10 +82,9 @@ def test_a_first_signal_asks_for_a_stop_and_a_second_ctrl_c_stops_at_once() -> N
             os.kill(os.getpid(), signal.SIGINT)
             for _ in range(1000):
                 time.sleep(0.001)
-    # The previous handlers are back, and the next run starts with no request.
+    # The previous handlers are back, and nothing is left requested for what runs next.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with interrupts.handling_signals():
-        assert interrupts.requested() is None
+    assert interrupts.requested() is None
 
 
 def test_sigterm_to_a_supervisor_hands_back_every_workers_trial(tmp_path: Path) -> None:
