@@ -24,6 +24,8 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
 
 CHECKPOINT_ATTR = "checkpoint"
 
@@ -88,7 +90,31 @@ class Checkpoints:
         trial.set_user_attr(CHECKPOINT_ATTR, None)
         self._remove(pointer["artifact_id"])
 
+    def discard(self, artifact_id: str) -> None:
+        """Remove a checkpoint no trial will resume from."""
+        self._remove(artifact_id)
+
     def _remove(self, artifact_id: str) -> None:
         # Already gone: removed by the trial this one was retried from.
         with contextlib.suppress(ArtifactNotFound):
             self.store.remove(artifact_id)
+
+
+class RetryOrDiscardCheckpoint(RetryHeartbeatStaleTrialCallback):
+    """Optuna's re-queueing of a dead worker's trial, which carries the checkpoint to the
+    retry; when the trial has used up its retries, its checkpoint is removed instead, so no
+    checkpoint outlives its trial."""
+
+    def __init__(self, max_retry: int | None, checkpoints: Checkpoints | None) -> None:
+        super().__init__(max_retry=max_retry, inherit_intermediate_values=True)
+        self.max_retry = max_retry
+        self.checkpoints = checkpoints
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        retries = len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) + 1
+        pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
+        if self.max_retry is not None and self.max_retry < retries:
+            if self.checkpoints is not None and pointer:
+                self.checkpoints.discard(pointer["artifact_id"])
+            return
+        super().__call__(study, trial)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-from lsearch.checkpoint import Checkpoints, open_artifact_store
+from lsearch.checkpoint import Checkpoints, RetryOrDiscardCheckpoint, open_artifact_store
 from lsearch.data import ImagePool, load_pool
 from lsearch.errors import UserError
 from lsearch.models import build_model, layer_group_count
@@ -53,16 +53,20 @@ def check_and_load(
 
 
 def open_spec_storage(
-    spec: StudySpec, storage_url: str
+    spec: StudySpec, storage_url: str, checkpoints: Checkpoints | None = None
 ) -> tuple[optuna.storages.BaseStorage, bool]:
     """The storage with the spec's heartbeat settings, and whether dead workers' trials are
-    failed and re-queued through it (not behind the gRPC proxy, which carries no heartbeat)."""
+    failed and re-queued through it (not behind the gRPC proxy, which carries no heartbeat).
+    A dead worker's trial goes to its retry with its checkpoint, or, when its retries are
+    used up, its checkpoint is removed (`checkpoints`, or the spec's store)."""
     beats = spec.storage.heartbeat_interval or None
     storage = open_storage(
         storage_url,
         heartbeat_interval=beats,
         grace_period=spec.storage.grace_period,
-        max_retry=spec.storage.max_retry,
+        stale_trial_callback=RetryOrDiscardCheckpoint(
+            spec.storage.max_retry, checkpoints or open_checkpoints(spec)
+        ),
     )
     return storage, beats is not None and not storage_url.startswith("grpc://")
 
@@ -87,6 +91,7 @@ def prepare(
     watches workers) still checks the device but keeps the data off the GPU."""
     spec = load_spec(study_file, overrides)
     device, pool = check_and_load(spec, device_name, trains)
-    storage, heartbeats = open_spec_storage(spec, storage_url)
+    checkpoints = open_checkpoints(spec)
+    storage, heartbeats = open_spec_storage(spec, storage_url, checkpoints)
     study = open_study(spec, storage, study_name, worker_index, describe_device(device))
-    return Prepared(spec, device, pool, study, open_checkpoints(spec), heartbeats)
+    return Prepared(spec, device, pool, study, checkpoints, heartbeats)

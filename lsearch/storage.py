@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
@@ -211,6 +212,7 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int | None = None,
+    stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`; every failure becomes a one-line UserError.
 
@@ -237,7 +239,8 @@ def open_storage(
         heartbeat = {
             "heartbeat_interval": heartbeat_interval,
             "grace_period": grace_period,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+            "heartbeat_stale_trial_callback": stale_trial_callback
+            or RetryHeartbeatStaleTrialCallback(
                 max_retry=max_retry, inherit_intermediate_values=True
             ),
         }

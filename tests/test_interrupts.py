@@ -107,3 +107,36 @@ def test_sigterm_to_a_supervisor_hands_back_every_workers_trial(tmp_path: Path) 
     }
     assert failed and failed == set(retried), (failed, retried)
     assert retried[0].user_attrs["checkpoint"]["epoch"] >= 1
+
+
+def test_a_dead_workers_trial_out_of_retries_leaves_no_checkpoint(tmp_path: Path) -> None:
+    import io
+
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from lsearch.checkpoint import Checkpoints, RetryOrDiscardCheckpoint
+
+    store = FileSystemArtifactStore(str(tmp_path))
+    checkpoints = Checkpoints(store)
+
+    def stale_trial(retried: list[int]) -> optuna.trial.FrozenTrial:
+        artifact = f"lsearch-ckpt-{len(retried)}"
+        store.write(artifact, io.BytesIO(b"state"))
+        return optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params={"lr": 0.1},
+            distributions={"lr": optuna.distributions.FloatDistribution(0.01, 1.0)},
+            user_attrs={"checkpoint": {"artifact_id": artifact, "epoch": 2}},
+            system_attrs={"retry_history": retried} if retried else {},
+        )
+
+    study = optuna.create_study()
+    # Retries left: re-queued with its checkpoint, which stays.
+    RetryOrDiscardCheckpoint(max_retry=1, checkpoints=checkpoints)(study, stale_trial([]))
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.user_attrs["checkpoint"]["artifact_id"] == "lsearch-ckpt-0"
+    assert (tmp_path / "lsearch-ckpt-0").exists()
+    # Out of retries: not re-queued, and its checkpoint is removed.
+    RetryOrDiscardCheckpoint(max_retry=1, checkpoints=checkpoints)(study, stale_trial([0]))
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+    assert not (tmp_path / "lsearch-ckpt-1").exists()
