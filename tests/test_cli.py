@@ -239,7 +239,7 @@ BAD_RUNS = [
     (["--set", 'model.name="vgg16"'], "model.name"),
     (["--set", "bad"], "key=value"),
     # Non-finite or absurd values are user errors, never tracebacks or stored studies.
-    (["--set", "space.epochs=inf"], "space.epochs.value: Input should be a finite number"),
+    (["--set", "space.trainable_layers=inf"], "trainable_layers.value: Input should be a finite"),
     (["--set", "space.lr=nan"], "space.lr.value: Input should be a finite number"),
     (["--set", "space.label_smoothing=nan"], "finite number"),
     (["--set", "space.lr=inf"], "finite number"),
