@@ -224,6 +224,21 @@ def run_until(
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     interrupts.set_deadline(deadline)
+    try:
+        _run_trials(study, objective, n_finished, callbacks, heartbeats, poll_seconds, on_wait)
+    finally:
+        interrupts.set_deadline(None)  # the deadline is this call's, not the process's
+
+
+def _run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float | Sequence[float]],
+    n_finished: int,
+    callbacks: Sequence[TrialCallback],
+    heartbeats: bool,
+    poll_seconds: float,
+    on_wait: Callable[[optuna.Study], None] | None,
+) -> None:
     failures = StopOnRepeatedFailure()
     while True:
         if interrupts.requested() == "timeout":
