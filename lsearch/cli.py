@@ -268,7 +268,8 @@ def status(
         str | None, typer.Option("--study", help="Show only this study [default: all]")
     ] = None,
 ) -> None:
-    """List the studies in a storage with their trial counts by state and best value."""
+    """List the studies in a storage with their trial counts by state, best value, and the
+    checkpoints their unfinished trials keep (with their size, for a local store)."""
     from lsearch.results import STATES, pick_study, study_rows
     from lsearch.storage import mask_url, open_storage, resolve_url
 
@@ -279,16 +280,21 @@ def status(
         pick_study(opened, study)  # a name that is not there is a user error
     rows = [row for row in study_rows(opened) if study is None or row.name == study]
     table = Table(title=f"studies in {mask_url(url)}")
-    for column in ("study", "kind", "direction", *(s.lower() for s in STATES), "best"):
+    columns = ("study", "kind", "direction", *(s.lower() for s in STATES), "best", "checkpoints")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("study", "kind") else "right")
     for row in rows:
         best = "-" if row.best is None else ", ".join(f"{v:.4f}" for v in row.best)
+        space = ""
+        if row.checkpoints and row.checkpoint_bytes is not None:
+            space = f" ({row.checkpoint_bytes / 1e6:.1f} MB)"
         table.add_row(
             row.name,
             row.kind,
             ", ".join(row.directions),
             *(str(row.counts[s]) for s in STATES),
             best,
+            f"{row.checkpoints}{space}",
         )
     out.print(table)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,6 +22,25 @@ class StudyRow:
     directions: list[str]
     counts: dict[str, int]  # trial state name -> number of trials
     best: list[float] | None  # the best values (single objective), None when none finished
+    checkpoints: int  # rolling checkpoints its trials point at (RUNNING or WAITING ones' own)
+    checkpoint_bytes: int | None  # their size, where the store is a local folder
+
+
+def checkpoint_space(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[int, int | None]:
+    """The checkpoints the study's trials point at that still exist (a handed-back trial and
+    its retry share one; a finished retry removed it), and their bytes, where the study's
+    store is a local folder; elsewhere, those of RUNNING and WAITING trials, size unknown."""
+    pointers = {
+        pointer["artifact_id"]: t.state
+        for t in trials
+        if isinstance(pointer := t.user_attrs.get("checkpoint"), dict)
+    }
+    location = study.user_attrs.get("lsearch_spec", {}).get("checkpoint", {}).get("location")
+    if not location or "://" in location:
+        unfinished = (TrialState.RUNNING, TrialState.WAITING)
+        return sum(state in unfinished for state in pointers.values()), None
+    files = [Path(location) / i for i in pointers if (Path(location) / i).is_file()]
+    return len(files), sum(path.stat().st_size for path in files)
 
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[StudyRow]:
@@ -36,7 +56,12 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[StudyRow]:
         if kind == "search" and len(directions) == 1 and counts["COMPLETE"]:
             best = [study.best_value]
         counts_by_state = {s: counts[s] for s in STATES}
-        rows.append(StudyRow(summary.study_name, kind, directions, counts_by_state, best))
+        rows.append(
+            StudyRow(
+                summary.study_name, kind, directions, counts_by_state, best,
+                *checkpoint_space(study, trials),
+            )
+        )  # fmt: skip
     return rows
 
 

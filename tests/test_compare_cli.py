@@ -197,7 +197,9 @@ def test_evaluate_and_from_best_use_fresh_seeds_and_best_still_works(tmp_path: P
     rows = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if "│" in line}
     evaluated = rows[f"digits evaluate trial {search.best_trial.number}"]
     assert "search" in rows["digits"] and "comparison" in evaluated
-    assert evaluated.split("│")[-2].strip() == "-", "a comparison has no best value to show"
+    best_column, checkpoints_column = evaluated.split("│")[-3:-1]
+    assert best_column.strip() == "-", "a comparison has no best value to show"
+    assert checkpoints_column.strip() == "0", "finished trials keep no checkpoint"
     best = run_lsearch("best", "--json", cwd=tmp_path)
     assert best.returncode == 0, best.stderr
     assert json.loads(best.stdout)["study"] == "digits"

@@ -40,6 +40,8 @@ def test_an_interrupted_trial_is_handed_back_and_resumed_at_once(
     pointer = retry.user_attrs["checkpoint"]
     assert pointer == stopped.user_attrs["checkpoint"] and pointer["epoch"] >= 2
 
+    assert checkpoints_column(storage, tmp_path).startswith("1 ("), "status shows the space"
+
     again = run_lsearch("run", "--trials", "1", "--storage", storage, *LONG, cwd=tmp_path,
                         timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr
@@ -49,6 +51,15 @@ def test_an_interrupted_trial_is_handed_back_and_resumed_at_once(
     assert done.user_attrs["resumed_from_epoch"] == pointer["epoch"]
     assert done.user_attrs["epochs_trained"] == 30 - pointer["epoch"]
     assert list((tmp_path / "artifacts").iterdir()) == [], "no checkpoint outlives its trial"
+    assert checkpoints_column(storage, tmp_path) == "0"
+
+
+def checkpoints_column(storage: str, cwd: Path) -> str:
+    """The digits row's last column in `lsearch status`."""
+    status = run_lsearch("status", "--storage", storage, cwd=cwd)
+    assert status.returncode == 0, status.stderr
+    (row,) = [line for line in status.stdout.splitlines() if line.startswith("│ digits ")]
+    return row.split("│")[-2].strip()
 
 
 def test_timeout_stops_the_trial_in_flight_and_hands_it_back(tmp_path: Path) -> None:
