@@ -485,6 +485,7 @@ def _run_comparison(
     from lsearch.launch import check_and_load, open_spec_storage
     from lsearch.progress import SeedRunProgress
     from lsearch.storage import mask_url, open_storage
+    from lsearch.train import describe_device
     from lsearch.workers import parse_worker_index, start_workers, wait_for
 
     dry_run, as_json, markdown = output
@@ -503,7 +504,7 @@ def _run_comparison(
     test_set = load_test_set(spec.data, device if workers == 1 else torch.device("cpu"))
     storage, heartbeats = open_spec_storage(spec, url)
     found = compare.open_comparison(
-        storage, request.name, spec, request.search_study, compare_device(device)
+        storage, request.name, spec, request.search_study, describe_device(device)
     )
     if not quiet:
         for note in request.notes:
@@ -549,12 +550,6 @@ def _run_comparison(
         sys.stdout.write(to_markdown(result))
     else:
         _print_report(result, request.notes)
-
-
-def compare_device(device: Any) -> str:
-    from lsearch.train import describe_device
-
-    return describe_device(device)
 
 
 def _print_plan(request: Any, existing: Any, per_epoch: float | None, shown_url: str) -> None:

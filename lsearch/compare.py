@@ -376,7 +376,6 @@ def run_plans(
     study: optuna.Study,
     objective: SeedRunObjective,
     heartbeats: bool,
-    deadline: float | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
     on_wait: Callable[[optuna.Study], None] | None = None,
     poll_seconds: float = 2.0,
@@ -386,7 +385,7 @@ def run_plans(
     with nothing to start waits while others' runs are RUNNING, since a dead worker's run
     comes back as a retry; without them (gRPC proxy) it leaves."""
     keys = {plan.key for plan in objective.plans}
-    while deadline is None or time.monotonic() < deadline:
+    while True:
         interrupts.check()
         if heartbeats:
             fail_stale_trials(study)
