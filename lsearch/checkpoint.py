@@ -24,6 +24,7 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
@@ -60,7 +61,12 @@ class Checkpoints:
         artifact_id = f"lsearch-ckpt-{uuid.uuid4().hex}"
         self.store.write(artifact_id, buffer)
         previous = trial.user_attrs.get(CHECKPOINT_ATTR)
-        trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": epoch})
+        try:
+            trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": epoch})
+        except UpdateFinishedTrialError:
+            # Failed as stale by another worker meanwhile: its retry resumes from `previous`.
+            self._remove(artifact_id)
+            raise
         if previous:
             self._remove(previous["artifact_id"])
 

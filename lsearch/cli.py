@@ -116,10 +116,6 @@ def run(
             help="Checkpoint store: a folder, s3://bucket or gs://bucket [study file: artifacts]"
         ),
     ] = None,
-    worker_index: Annotated[
-        str,
-        typer.Option(help="This worker's index (or auto): distinct indices draw distinct samples"),
-    ] = "0",
     quiet: Annotated[
         bool, typer.Option(help="Print only errors and failed trials (as a worker does)")
     ] = False,
@@ -131,7 +127,7 @@ def run(
     from lsearch.progress import SearchProgress, summary_table
     from lsearch.search import count_finished, run_until
     from lsearch.storage import mask_url, resolve_url
-    from lsearch.workers import parse_gpus, parse_worker_index, start_workers, wait_for
+    from lsearch.workers import parse_gpus, start_workers, wait_for
 
     if trials < 1:
         raise UserError(
@@ -155,9 +151,7 @@ def run(
     quiet_libraries()
     url = resolve_url(storage)
     supervises = workers > 1 or bool(gpu_list)
-    prepared = prepare(
-        study, overrides, url, device, name, parse_worker_index(worker_index), not supervises
-    )
+    prepared = prepare(study, overrides, url, device, name, not supervises)
     spec, found = prepared.spec, prepared.study
     done = count_finished(found)
     if not quiet:
@@ -203,7 +197,7 @@ def run(
                     trials,
                     timeout,
                     callbacks=[progress.on_trial],
-                    heartbeats=prepared.heartbeats,
+                    liveness=prepared.liveness,
                     on_wait=progress.poll,
                 )
         except interrupts.Interrupted as exc:
@@ -243,9 +237,13 @@ def proxy(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 13000,
 ) -> None:
     """Serve a storage to many workers through Optuna's gRPC proxy (workers use
-    --storage grpc://HOST:PORT). Workers behind a proxy send no heartbeats: see README."""
+    --storage grpc://HOST:PORT). The proxy also fails and re-queues the trials of workers
+    that stopped beating, like the workers themselves do: see README."""
+    import threading
+
     from optuna.storages import run_grpc_proxy_server
 
+    from lsearch.launch import watch_stale_trials
     from lsearch.storage import mask_url, open_storage, resolve_url
 
     quiet_libraries()
@@ -254,10 +252,17 @@ def proxy(
         raise UserError("lsearch proxy serves a database URL, not another proxy")
     backend = open_storage(url)
     err.print(f"serving {mask_url(url)} on grpc://{host}:{port}", highlight=False)
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=watch_stale_trials, args=(backend, stop), name="lsearch-sweep", daemon=True
+    )
+    watcher.start()
     try:
         run_grpc_proxy_server(backend, host=host, port=port)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+    finally:
+        stop.set()
 
 
 @app.command()
@@ -385,7 +390,6 @@ def compare(
     ] = None,
     device: DeviceOption = "auto",
     workers: WorkersOption = 1,
-    worker_index: Annotated[str, typer.Option(help="This worker's index (or auto)")] = "0",
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Print the cells and what is left to train; train nothing"),
@@ -421,9 +425,7 @@ def compare(
     args += ["--seeds", ",".join(map(str, request.seeds))]
     if from_best:
         args.append("--from-best")
-    _run_comparison(
-        request, url, device, workers, worker_index, args, (dry_run, as_json, markdown), quiet
-    )
+    _run_comparison(request, url, device, workers, args, (dry_run, as_json, markdown), quiet)
 
 
 @app.command()
@@ -441,7 +443,6 @@ def evaluate(
     ] = None,
     device: DeviceOption = "auto",
     workers: WorkersOption = 1,
-    worker_index: Annotated[str, typer.Option(help="This worker's index (or auto)")] = "0",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what is left to train; train nothing")
     ] = False,
@@ -462,9 +463,7 @@ def evaluate(
     args += ["--device", device, "--seeds", ",".join(map(str, request.seeds))]
     if trial is not None:
         args += ["--trial", str(trial)]
-    _run_comparison(
-        request, url, device, workers, worker_index, args, (dry_run, as_json, markdown), quiet
-    )
+    _run_comparison(request, url, device, workers, args, (dry_run, as_json, markdown), quiet)
 
 
 def _run_comparison(
@@ -472,7 +471,6 @@ def _run_comparison(
     url: str,
     device_name: str,
     workers: int,
-    worker_index: str,
     worker_args: list[str],
     output: OutputOptions,
     quiet: bool,
@@ -484,14 +482,14 @@ def _run_comparison(
     from lsearch.data import load_test_set
     from lsearch.launch import check_and_load, open_spec_storage
     from lsearch.progress import SeedRunProgress
+    from lsearch.search import register_worker
     from lsearch.storage import mask_url, open_storage
     from lsearch.train import describe_device
-    from lsearch.workers import parse_worker_index, start_workers, wait_for
+    from lsearch.workers import start_workers, wait_for
 
     dry_run, as_json, markdown = output
     if workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")
-    index = parse_worker_index(worker_index)
     spec = request.spec
     if dry_run:
         try:
@@ -502,7 +500,7 @@ def _run_comparison(
         return
     device, pool = check_and_load(spec, device_name, trains=workers == 1)
     test_set = load_test_set(spec.data, device if workers == 1 else torch.device("cpu"))
-    storage, heartbeats = open_spec_storage(spec, url)
+    storage, liveness = open_spec_storage(spec, url)
     found = compare.open_comparison(
         storage, request.name, spec, request.search_study, describe_device(device)
     )
@@ -525,8 +523,9 @@ def _run_comparison(
                 if any(codes):
                     err.print(f"worker exit codes: {codes}")
             else:
+                index = register_worker(storage, request.name)
                 compare.train_pending(
-                    request, found, (pool, test_set), device, heartbeats, index, progress
+                    request, found, (pool, test_set), device, liveness, index, progress
                 )
         except interrupts.Interrupted as exc:
             _report_interrupt(exc, "the comparison")

@@ -36,17 +36,17 @@ from lsearch.evaluation import pooled_reliability
 from lsearch.objective import Objective, TrialConfig
 from lsearch.search import (
     FINGERPRINT_ATTR,
+    KIND_ATTR,
     PRODUCED_BY_ATTR,
     SPEC_ATTR,
-    fail_stale_trials,
-    optimize_one,
+    Liveness,
     produced_by,
+    run_one,
 )
 from lsearch.spec import SEARCH_PARAMS, StudySpec
 from lsearch.train import NonFiniteLossError
 from lsearch.verdict import describe
 
-KIND_ATTR = "lsearch_kind"
 SEARCH_STUDY_ATTR = "lsearch_search_study"
 TEST_COUNT_ATTR = "lsearch_test_configurations"
 GRID_ATTR = "lsearch_grid"
@@ -375,7 +375,7 @@ class SeedRunObjective:
 def run_plans(
     study: optuna.Study,
     objective: SeedRunObjective,
-    heartbeats: bool,
+    liveness: Liveness | None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
     on_wait: Callable[[optuna.Study], None] | None = None,
     poll_seconds: float = 2.0,
@@ -387,8 +387,8 @@ def run_plans(
     keys = {plan.key for plan in objective.plans}
     while True:
         interrupts.check()
-        if heartbeats:
-            fail_stale_trials(study)
+        if liveness is not None:
+            liveness.sweeper.sweep(study)
         trials = study.get_trials(deepcopy=False)
         settled: set[Key] = set()  # complete, or failed for a reason
         started: set[Key] = set()  # running or waiting
@@ -404,13 +404,13 @@ def run_plans(
                 started.add(key)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if not waiting and not keys - settled - started:
-            if not keys & started - settled or not heartbeats:
+            if not keys & started - settled or liveness is None:
                 return
             if on_wait is not None:
                 on_wait(study)
             time.sleep(poll_seconds)
             continue
-        optimize_one(study, objective, callbacks, catch=(NonFiniteLossError, NothingLeft))
+        run_one(study, objective, callbacks, (NonFiniteLossError, NothingLeft), liveness)
 
 
 # ----------------------------------------------------------------------------- requests
@@ -771,7 +771,7 @@ def train_pending(
     study: optuna.Study,
     data: tuple[ImagePool, TestSet],
     device: torch.device,
-    heartbeats: bool,
+    liveness: Liveness | None,
     worker_index: int,
     progress: Any,
 ) -> None:
@@ -790,7 +790,7 @@ def train_pending(
     run_plans(
         study,
         SeedRunObjective(objective, test_set, plans, worker_index),
-        heartbeats,
+        liveness,
         callbacks=[progress.on_trial],
         on_wait=progress.poll,
     )

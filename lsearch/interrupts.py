@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -91,17 +92,24 @@ def handling_signals() -> Iterator[None]:
         reset()  # a request belongs to this command, not to the next one in this process
 
 
-def hand_back(study: optuna.Study, trial_number: int) -> int | None:
-    """Re-queue an interrupted trial as a WAITING retry with its params, user attrs (the
-    checkpoint pointer among them) and reported values, exactly as Optuna's heartbeat path
-    re-queues a dead worker's trial; the retry's number, or None when there was nothing to
-    hand back (the trial had finished)."""
-    (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
-    if frozen.state != TrialState.FAIL:
+def hand_back(study: optuna.Study, trial_id: int) -> int | None:
+    """Fail an interrupted trial and re-queue it as a WAITING retry with its params, user
+    attrs (the checkpoint pointer among them) and reported values, exactly as the heartbeat
+    path re-queues a dead worker's trial; the retry's number, or None when there was nothing
+    to hand back (the trial had finished, or another worker had failed it as stale).
+
+    During an outage each write here waits at most storage.STOP_WRITE_TIMEOUT_S, since a stop
+    has been requested: a worker always stops."""
+    storage = study._storage
+    try:
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except UpdateFinishedTrialError:
         return None
-    before = {t.number for t in study.get_trials(deepcopy=False)}
+    frozen = storage.get_trial(trial_id)
     RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(
         study, frozen
     )
-    added = [t.number for t in study.get_trials(deepcopy=False) if t.number not in before]
-    return added[0] if added else None
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if trial.system_attrs.get("failed_trial") == frozen.number:
+            return trial.number
+    return None

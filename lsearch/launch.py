@@ -3,6 +3,8 @@ input a user can get wrong (spec, device, model, data) before the storage is tou
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 
 import optuna
@@ -11,11 +13,14 @@ import torch
 from lsearch.checkpoint import Checkpoints, RetryOrDiscardCheckpoint, open_artifact_store
 from lsearch.data import ImagePool, load_pool
 from lsearch.errors import UserError
+from lsearch.liveness import StaleTrialSweeper
 from lsearch.models import build_model, layer_group_count
-from lsearch.search import open_study
+from lsearch.search import SPEC_ATTR, Liveness, liveness_for, open_study, register_worker
 from lsearch.spec import StudySpec, load_spec
 from lsearch.storage import open_storage
 from lsearch.train import describe_device, resolve_device
+
+log = logging.getLogger("lsearch.launch")
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,8 @@ class Prepared:
     pool: ImagePool
     study: optuna.Study
     checkpoints: Checkpoints | None
-    heartbeats: bool  # whether dead workers' trials are failed and re-queued
+    liveness: Liveness | None  # heartbeats and the sweep of dead workers' trials
+    worker_index: int  # this worker's number among the study's workers (see register_worker)
 
 
 def check_trainable_layers(spec: StudySpec) -> None:
@@ -54,21 +60,21 @@ def check_and_load(
 
 def open_spec_storage(
     spec: StudySpec, storage_url: str, checkpoints: Checkpoints | None = None
-) -> tuple[optuna.storages.BaseStorage, bool]:
-    """The storage with the spec's heartbeat settings, and whether dead workers' trials are
-    failed and re-queued through it (not behind the gRPC proxy, which carries no heartbeat).
-    A dead worker's trial goes to its retry with its checkpoint, or, when its retries are
-    used up, its checkpoint is removed (`checkpoints`, or the spec's store)."""
-    beats = spec.storage.heartbeat_interval or None
-    storage = open_storage(
-        storage_url,
-        heartbeat_interval=beats,
-        grace_period=spec.storage.grace_period,
-        stale_trial_callback=RetryOrDiscardCheckpoint(
-            spec.storage.max_retry, checkpoints or open_checkpoints(spec)
-        ),
-    )
-    return storage, beats is not None and not storage_url.startswith("grpc://")
+) -> tuple[optuna.storages.BaseStorage, Liveness | None]:
+    """The storage with the spec's reconnect window, and this process's heartbeat and sweep
+    of dead workers' trials (None with heartbeats off). A dead worker's trial goes to its
+    retry with its checkpoint, or, when its retries are used up, its checkpoint is removed
+    (`checkpoints`, or the spec's store)."""
+    storage = open_storage(storage_url, reconnect_timeout=spec.storage.reconnect_timeout)
+    return storage, spec_liveness(spec, storage, checkpoints or open_checkpoints(spec))
+
+
+def spec_liveness(
+    spec: StudySpec, storage: optuna.storages.BaseStorage, checkpoints: Checkpoints | None
+) -> Liveness | None:
+    settings = spec.storage
+    on_stale = RetryOrDiscardCheckpoint(settings.max_retry, checkpoints)
+    return liveness_for(storage, settings.heartbeat_interval, settings.grace_period, on_stale)
 
 
 def open_checkpoints(spec: StudySpec) -> Checkpoints | None:
@@ -84,7 +90,6 @@ def prepare(
     storage_url: str,
     device_name: str,
     study_name: str | None = None,
-    worker_index: int = 0,
     trains: bool = True,
 ) -> Prepared:
     """Check everything, then open the study. `trains=False` (a process that only starts and
@@ -92,6 +97,35 @@ def prepare(
     spec = load_spec(study_file, overrides)
     device, pool = check_and_load(spec, device_name, trains)
     checkpoints = open_checkpoints(spec)
-    storage, heartbeats = open_spec_storage(spec, storage_url, checkpoints)
+    storage, liveness = open_spec_storage(spec, storage_url, checkpoints)
+    worker_index = register_worker(storage, study_name or spec.name)
     study = open_study(spec, storage, study_name, worker_index, describe_device(device))
-    return Prepared(spec, device, pool, study, checkpoints, heartbeats)
+    return Prepared(spec, device, pool, study, checkpoints, liveness, worker_index)
+
+
+def watch_stale_trials(
+    storage: optuna.storages.BaseStorage, stop: threading.Event, every_s: float = 5.0
+) -> None:
+    """Sweep every lsearch study of a storage for trials whose workers stopped beating, until
+    `stop` is set: what `lsearch proxy` runs beside the gRPC server, so that the trials of
+    workers behind it are recovered even when no other worker is left to do it. Each study
+    is swept with its own stored settings (grace period, retries, checkpoint store)."""
+    sweepers: dict[str, tuple[optuna.Study, StaleTrialSweeper]] = {}
+    while not stop.wait(every_s):
+        try:
+            for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+                name = summary.study_name
+                if name not in sweepers:
+                    stored = summary.user_attrs.get(SPEC_ATTR)
+                    if stored is None:
+                        continue
+                    spec = StudySpec.model_validate(stored)
+                    liveness = spec_liveness(spec, storage, open_checkpoints(spec))
+                    if liveness is None:
+                        continue
+                    study = optuna.load_study(study_name=name, storage=storage)
+                    sweepers[name] = (study, liveness.sweeper)
+                study, sweeper = sweepers[name]
+                sweeper.sweep(study)
+        except Exception as exc:  # keep serving; the next round tries again
+            log.warning("sweep for stale trials failed: %s", exc)

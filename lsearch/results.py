@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.errors import UserError
+from lsearch.storage import WORKERS_STUDY
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -45,7 +46,7 @@ def checkpoint_space(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[in
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[StudyRow]:
     rows = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for summary in lsearch_studies(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         counts = Counter(t.state.name for t in trials)
@@ -65,6 +66,12 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[StudyRow]:
     return rows
 
 
+def lsearch_studies(storage: optuna.storages.BaseStorage) -> list[optuna.study.StudySummary]:
+    """The studies of a storage, less the registry of workers (see search.register_worker)."""
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    return [summary for summary in summaries if summary.study_name != WORKERS_STUDY]
+
+
 def is_comparison(summary: optuna.study.StudySummary) -> bool:
     return summary.user_attrs.get("lsearch_kind") == "comparison"
 
@@ -75,7 +82,7 @@ def pick_study(
     """The named study, or, with no name, the only search study in the storage (comparison
     studies beside it do not count, so `lsearch best` keeps working after a compare).
     `search_only` refuses a comparison study even by name."""
-    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    summaries = lsearch_studies(storage)
     names = [s.study_name for s in summaries]
     searches = [s.study_name for s in summaries if not is_comparison(s)]
     if name is None:

@@ -8,19 +8,28 @@ so that a second process with a different file is refused instead of mixing resu
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import platform
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch import interrupts
 from lsearch.errors import UserError
+from lsearch.liveness import Heartbeat, StaleCallback, StaleTrialSweeper
 from lsearch.spec import Pruner, StudySpec
+from lsearch.storage import WORKERS_STUDY, is_transient
 from lsearch.train import NonFiniteLossError
+
+log = logging.getLogger("lsearch.search")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_ATTR = "lsearch_spec"
@@ -169,30 +178,153 @@ class StopOnRepeatedFailure:
         return self.in_a_row >= self.limit
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and, through the storage's callback, re-queue) trials whose worker died."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+class DuplicateConfiguration(Exception):
+    """The sampler drew a configuration the study already holds (see check_new)."""
 
 
-def optimize_one(
+def check_new(trial: optuna.Trial) -> None:
+    """Refuse a configuration another live or finished trial of the study already has (a
+    retry of a failed trial is not a duplicate of it). Distinct sampler seeds per worker make
+    this rare; it is the backstop behind them."""
+    own = trial.params
+    for other in trial.study.get_trials(
+        deepcopy=False,
+        states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING),
+    ):
+        if other.number != trial.number and other.params == own:
+            trial.set_user_attr("fail_reason", f"same configuration as trial {other.number}")
+            raise DuplicateConfiguration(f"same configuration as trial {other.number}")
+
+
+KIND_ATTR = "lsearch_kind"
+
+
+def register_worker(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    """This process's number among the workers that ever joined `study_name`: 0 for the
+    first, 1 for the next, and so on, whatever host they run on and however they were
+    started. The storage hands out trial ids atomically, so each worker records itself as
+    one trial of the storage's registry study (`lsearch:workers`, kind `workers`: it holds
+    who joined what, when) and counts the registrations of its study made before its own."""
+    registry = optuna.create_study(
+        storage=storage, study_name=WORKERS_STUDY, load_if_exists=True
+    )  # fmt: skip
+    if registry.user_attrs.get(KIND_ATTR) != "workers":
+        registry.set_user_attr(KIND_ATTR, "workers")
+    trial = registry.ask()
+    trial.set_user_attr("study", study_name)
+    trial.set_user_attr("host", platform.node())
+    trial.set_user_attr("pid", os.getpid())
+    registry.tell(trial, 0.0)
+    own_id = trial._trial_id
+    return sum(
+        1
+        for other in registry.get_trials(deepcopy=False)
+        if other.user_attrs.get("study") == study_name and other._trial_id < own_id
+    )
+
+
+@dataclass
+class Liveness:
+    """This process's heartbeat and its sweep for other workers' stale trials."""
+
+    heartbeat: Heartbeat
+    sweeper: StaleTrialSweeper
+
+
+def liveness_for(
+    storage: optuna.storages.BaseStorage,
+    heartbeat_interval: float,
+    grace_period: float,
+    on_stale: StaleCallback,
+) -> Liveness | None:
+    if not heartbeat_interval:
+        return None
+    sweeper = StaleTrialSweeper(storage, grace_period, on_stale)
+    return Liveness(Heartbeat(storage, heartbeat_interval, sweeper), sweeper)
+
+
+def run_one(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float | Sequence[float]],
     callbacks: Sequence[TrialCallback],
     catch: tuple[type[Exception], ...],
-) -> None:
-    """Run one trial through Optuna's loop (heartbeats, retries of dead workers' trials
-    first). A trial stopped by Ctrl-C, SIGTERM or --timeout, which Optuna marks FAIL, is
-    handed back at once as a WAITING retry that resumes from its checkpoint."""
+    liveness: Liveness | None = None,
+) -> FrozenTrial | None:
+    """Ask for a trial (a WAITING retry first), run it with a heartbeat, tell its end and
+    call the callbacks: Optuna's `optimize` step, with what lsearch needs in place of its
+    defaults.
+
+    - A trial stopped by Ctrl-C, SIGTERM or --timeout (`interrupts.Interrupted`), or by a
+      second Ctrl-C (KeyboardInterrupt), is handed back as a WAITING retry that resumes from
+      its checkpoint at once (Optuna would mark it FAIL, never to be resumed), then the
+      exception goes on.
+    - A trial another worker failed as stale while this one was slow (a pause, an outage)
+      is dropped quietly: its retry resumes it. Returns None then.
+    - An exception in `catch` fails the trial and the loop goes on; any other fails it and
+      is raised, as in Optuna.
+    """
+    trial = study.ask()
+    state, values, error = TrialState.COMPLETE, None, None
+    beats = liveness.heartbeat.beating(study, trial._trial_id) if liveness else nullcontext()
     try:
-        study.optimize(
-            objective, n_trials=1, callbacks=list(callbacks), catch=catch, gc_after_trial=False
+        with beats:
+            try:
+                result = objective(trial)
+                values = list(result) if isinstance(result, Sequence) else [result]
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except catch as exc:
+                state, error = TrialState.FAIL, exc
+            except (interrupts.Interrupted, KeyboardInterrupt) as exc:
+                handed_back = _hand_back(study, trial)
+                if isinstance(exc, interrupts.Interrupted):
+                    exc.trial_number, exc.handed_back_as = trial.number, handed_back
+                raise
+            except UpdateFinishedTrialError:
+                return _taken_over(trial)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
+    except UpdateFinishedTrialError:
+        return _taken_over(trial)
+    try:
+        frozen = study.tell(trial, values, state, skip_if_finished=True)
+    except UpdateFinishedTrialError:
+        return _taken_over(trial)
+    if frozen.state != state:  # finished by someone else first: failed as stale
+        return _taken_over(trial)
+    if error is not None:
+        log.warning("trial %d failed: %s", trial.number, error)
+    for callback in callbacks:
+        callback(study, frozen)
+    return frozen
+
+
+def _taken_over(trial: optuna.Trial) -> None:
+    log.warning(
+        "trial %d was failed as stale by another worker while this one ran it; "
+        "its retry resumes it from its checkpoint",
+        trial.number,
+    )
+    return None
+
+
+def _hand_back(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """Hand an interrupted trial back; None when it had finished, or when the storage was
+    unreachable for the short deadline a stopping worker has (the heartbeat path recovers it
+    then, after the grace period)."""
+    try:
+        return interrupts.hand_back(study, trial._trial_id)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning(
+            "trial %d could not be handed back (storage unreachable); it is recovered as "
+            "stale after the grace period",
+            trial.number,
         )
-    except interrupts.Interrupted as exc:
-        if exc.trial_number is not None:
-            exc.handed_back_as = interrupts.hand_back(study, exc.trial_number)
-        raise
+        return None
 
 
 def run_until(
@@ -201,17 +333,21 @@ def run_until(
     n_finished: int,
     timeout: float | None = None,
     callbacks: Sequence[TrialCallback] = (),
-    heartbeats: bool = False,
+    liveness: Liveness | None = None,
     poll_seconds: float = 2.0,
     on_wait: Callable[[optuna.Study], None] | None = None,
 ) -> None:
     """Run trials, one at a time, until the study holds `n_finished` complete or pruned
     trials, the timeout passes (a trial running then is stopped and handed back), or
-    MAX_CONSECUTIVE_FAILURES trials in a row fail. Ctrl-C and SIGTERM raise
-    `interrupts.Interrupted` after handing the running trial back.
+    MAX_CONSECUTIVE_FAILURES trials in a row fail, or the sampler keeps drawing
+    configurations the study holds. Ctrl-C and SIGTERM raise `interrupts.Interrupted` after
+    handing the running trial back.
 
-    Optuna's own loop with `n_trials` cannot do this: it runs a set number of this
-    process's trials, while N here is a total over every worker, checked before each trial.
+    Optuna's own `optimize` does not fit: its `n_trials` counts this process's trials while
+    N here is a total over every worker, checked before each trial (a `MaxTrialsCallback`
+    would stop only after a trial), and it marks an interrupted trial FAIL and crashes on a
+    trial another worker failed as stale. So the loop is lsearch's, with one count: the
+    study's states, read once per trial.
 
     Several processes may run this on one study. Before each trial a worker counts the
     finished and running trials of everyone: re-queued (WAITING) trials of dead workers are
@@ -219,15 +355,18 @@ def run_until(
     overshoot N only when two of them start a trial in the same few milliseconds. A worker
     with nothing to start waits while others finish the last trials, since with heartbeats
     on, a running trial whose worker dies comes back as a WAITING retry that still needs a
-    worker. Without heartbeats (gRPC proxy, or heartbeat_interval = 0) a dead worker's trial
-    stays RUNNING for ever, so such a worker leaves instead of waiting.
+    worker. Without heartbeats (heartbeat_interval = 0) a dead worker's trial stays RUNNING
+    for ever, so such a worker leaves instead of waiting.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     interrupts.set_deadline(deadline)
     try:
-        _run_trials(study, objective, n_finished, callbacks, heartbeats, poll_seconds, on_wait)
+        _run_trials(study, objective, n_finished, callbacks, liveness, poll_seconds, on_wait)
     finally:
         interrupts.set_deadline(None)  # the deadline is this call's, not the process's
+
+
+MAX_DUPLICATES_IN_A_ROW = 10
 
 
 def _run_trials(
@@ -235,29 +374,45 @@ def _run_trials(
     objective: Callable[[optuna.Trial], float | Sequence[float]],
     n_finished: int,
     callbacks: Sequence[TrialCallback],
-    heartbeats: bool,
+    liveness: Liveness | None,
     poll_seconds: float,
     on_wait: Callable[[optuna.Study], None] | None,
 ) -> None:
     failures = StopOnRepeatedFailure()
+    duplicates = 0
     while True:
         if interrupts.requested() == "timeout":
             return
         interrupts.check()
-        if heartbeats:
-            fail_stale_trials(study)
+        if liveness is not None:
+            liveness.sweeper.sweep(study)
         counts = Counter(t.state for t in study.get_trials(deepcopy=False))
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         if finished >= n_finished:
             return
         if not counts[TrialState.WAITING] and finished + counts[TrialState.RUNNING] >= n_finished:
-            if not heartbeats:
+            if liveness is None:
                 return  # the last trials run elsewhere, and a dead worker's would never end
             if on_wait is not None:
                 on_wait(study)
             time.sleep(poll_seconds)  # the last trials run elsewhere: see how they end
             continue
-        optimize_one(study, objective, [*callbacks, failures], catch=(NonFiniteLossError,))
+        frozen = run_one(
+            study, objective, callbacks, (NonFiniteLossError, DuplicateConfiguration), liveness
+        )
+        if frozen is None:
+            continue
+        if frozen.user_attrs.get("fail_reason", "").startswith("same configuration"):
+            duplicates += 1
+            if duplicates >= MAX_DUPLICATES_IN_A_ROW:
+                raise UserError(
+                    f"the sampler drew {duplicates} configurations in a row that the study "
+                    "already holds: the search space looks exhausted; widen it, or ask for "
+                    "fewer --trials"
+                )
+            continue
+        duplicates = 0
+        failures(study, frozen)
         if failures.tripped:
             raise UserError(
                 f"{failures.limit} trials in a row failed (see their fail_reason user attr); "

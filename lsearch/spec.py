@@ -222,13 +222,15 @@ class Pruner(_Frozen):
 
 
 class Storage(_Frozen):
-    """Crash handling on database storages: a running trial beats every `heartbeat_interval`
-    seconds; one silent for `grace_period` seconds is failed and re-queued, `max_retry` times
-    at most. 0 turns heartbeats off. The grace period must outlast a database restart."""
+    """Crash handling: a running trial beats every `heartbeat_interval` seconds; one whose
+    beat stands still for `grace_period` seconds is failed and re-queued, `max_retry` times
+    at most. 0 turns heartbeats off. A worker whose database goes away waits up to
+    `reconnect_timeout` seconds for it to come back before it gives up."""
 
     heartbeat_interval: int = Field(10, ge=0)
     grace_period: int = Field(60, ge=1)
     max_retry: int = Field(3, ge=0)
+    reconnect_timeout: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _grace(self) -> Storage:

@@ -4,25 +4,28 @@ SQLite (the default, `sqlite:///lsearch.db` in the working directory) runs in WA
 waits on a locked database instead of failing. PostgreSQL gets pre-ping, so a connection
 the server dropped is replaced rather than raised, and a connect timeout, so an unreachable
 host fails in seconds. Once a storage has been opened, a lost connection (a database restart)
-makes workers wait and reconnect instead of crashing: see ResilientRDBStorage.
+makes workers wait and reconnect instead of crashing: see ResilientStorage.
 `grpc://host:port` reaches an `lsearch proxy` (Optuna's gRPC storage proxy).
 """
 
 from __future__ import annotations
 
-import functools
+import copy
 import logging
 import os
 import random
 import re
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
@@ -36,6 +39,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
+from lsearch import interrupts
 from lsearch.errors import UserError
 
 log = logging.getLogger("lsearch.storage")
@@ -107,52 +111,171 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(cause, DBAPIError) and cause.connection_invalidated
 
 
-T = TypeVar("T")
+# The study in which workers register (lsearch.search.register_worker); not a search.
+WORKERS_STUDY = "lsearch:workers"
+
+STOP_WRITE_TIMEOUT_S = 10.0
+"""How long a stopping worker (Ctrl-C, SIGTERM, --timeout) keeps retrying a write: during an
+outage it still stops, and its trial comes back through the heartbeat path instead."""
+
+TOKEN_ATTR = "lsearch_create_token"
 
 
-def _retrying(method: Callable[..., T]) -> Callable[..., T]:
-    @functools.wraps(method)
-    def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> T:
-        deadline = time.monotonic() + self.reconnect_timeout
+def _fresh_template(template: FrozenTrial | None, token: str) -> FrozenTrial:
+    """The trial to create, carrying `token` so that a retried creation can find out whether
+    the first attempt committed. With no template, what Optuna creates by default."""
+    if template is None:
+        return FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+            datetime_complete=None, params={}, distributions={}, user_attrs={},
+            system_attrs={TOKEN_ATTR: token}, intermediate_values={}, trial_id=-1,
+        )  # fmt: skip
+    made = copy.copy(template)
+    made.system_attrs = {**template.system_attrs, TOKEN_ATTR: token}
+    return made
+
+
+class ResilientStorage(BaseStorage):
+    """Any Optuna storage whose calls wait out a lost database connection (a restart, a
+    failover) for up to `reconnect_timeout` seconds instead of failing the trial or the worker.
+
+    One mechanism in one place: every public method of Optuna's `BaseStorage` interface is
+    delegated through `_call` (the list is read from `BaseStorage` itself, so a method Optuna
+    adds is covered too), and the inner storage (Optuna's cached RDB storage) is used only
+    through that interface. A write that is repeated after a lost connection may have
+    committed the first time, so the writes whose repetition is not harmless are checked
+    first: a trial creation carries a token (`lsearch_create_token`) and is looked up by it,
+    a state change or a parameter is read back, a study is looked up by name.
+    """
+
+    def __init__(
+        self,
+        inner: BaseStorage,
+        reconnect_timeout: float = RECONNECT_TIMEOUT_S,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.reconnect_timeout = reconnect_timeout
+        self._on_lost = on_lost  # drop pooled connections to the old server
+        # Connection losses seen so far: observations older than a loss are void (liveness).
+        self.losses = 0
+
+    def _call(
+        self,
+        name: str,
+        *args: Any,
+        already_done: Callable[[], tuple[bool, Any]] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        started = time.monotonic()
         delay = 0.5
+        lost = False
         while True:
             try:
-                return method(self, *args, **kwargs)
+                if lost and already_done is not None:
+                    done, result = already_done()
+                    if done:
+                        return result
+                return getattr(self.inner, name)(*args, **kwargs)
             except Exception as exc:
-                if not is_transient(exc) or time.monotonic() > deadline:
+                # A stopping worker gives up sooner: it must stop even if the database is gone.
+                limit = self.reconnect_timeout
+                if interrupts.requested() is not None:
+                    limit = min(limit, STOP_WRITE_TIMEOUT_S)
+                if not is_transient(exc) or time.monotonic() - started > limit:
                     raise
+                if not lost:
+                    self.losses += 1
+                lost = True
                 log.warning(
                     "storage unreachable (%s); retrying in %.1f s",
                     type(exc.__cause__ or exc).__name__,
                     delay,
                 )
-                self.engine.dispose()  # drop pooled connections to the old server
+                if self._on_lost is not None:
+                    self._on_lost()
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    return wrapper
+    # The writes whose repetition is not harmless.
+
+    def create_new_study(
+        self, directions: Sequence[StudyDirection], study_name: str | None = None
+    ) -> int:
+        def already_done() -> tuple[bool, Any]:
+            if study_name is None:
+                return False, None
+            try:
+                return True, self.inner.get_study_id_from_name(study_name)
+            except KeyError:
+                return False, None
+
+        return self._call("create_new_study", directions, study_name, already_done=already_done)
+
+    def delete_study(self, study_id: int) -> None:
+        def already_done() -> tuple[bool, Any]:
+            try:
+                self.inner.get_study_name_from_id(study_id)
+            except KeyError:
+                return True, None
+            return False, None
+
+        self._call("delete_study", study_id, already_done=already_done)
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        token = uuid.uuid4().hex
+        template = _fresh_template(template_trial, token)
+
+        def already_done() -> tuple[bool, Any]:
+            for trial in self.inner.get_all_trials(study_id, deepcopy=False):
+                if trial.system_attrs.get(TOKEN_ATTR) == token:
+                    return True, trial._trial_id
+            return False, None
+
+        return self._call("create_new_trial", study_id, template, already_done=already_done)
+
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any
+    ) -> None:
+        def already_done() -> tuple[bool, Any]:
+            return param_name in self.inner.get_trial(trial_id).params, None
+
+        self._call(
+            "set_trial_param", trial_id, param_name, param_value_internal, distribution,
+            already_done=already_done,
+        )  # fmt: skip
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        def already_done() -> tuple[bool, Any]:
+            # A finishing write that committed left exactly this state and these values; a
+            # claim (WAITING -> RUNNING) cannot be told from another worker's claim, so it
+            # counts as lost: that trial gets no heartbeat and is recovered as stale.
+            trial = self.inner.get_trial(trial_id)
+            if state.is_finished() and trial.state == state:
+                same = values is None or list(trial.values or []) == list(values)
+                return same, same
+            return False, None
+
+        return self._call(
+            "set_trial_state_values", trial_id, state, values, already_done=already_done
+        )
 
 
-class ResilientRDBStorage(RDBStorage):
-    """Optuna's RDBStorage whose calls wait out a lost database connection (a restart, a
-    failover) for up to `reconnect_timeout` seconds instead of failing the trial or the
-    worker. The heartbeat thread goes through it too, so it survives the outage."""
+def _delegate(name: str) -> Callable[..., Any]:
+    def method(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, *args, **kwargs)
 
-    reconnect_timeout: float = RECONNECT_TIMEOUT_S
+    method.__name__ = name
+    method.__doc__ = getattr(BaseStorage, name).__doc__
+    return method
 
 
-# Every storage call Optuna's study, trial and cache layers make on an RDB storage.
-_RETRIED = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
-    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "_create_new_trial",
-    "_set_trial_param", "get_trial_id_from_study_id_trial_number", "_get_best_trial_id",
-    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
-    "set_trial_system_attr", "get_trial", "_get_trials", "record_heartbeat",
-    "_get_stale_trial_ids", "get_all_trials", "get_n_trials", "get_best_trial",
-)  # fmt: skip
-for _name in _RETRIED:
-    setattr(ResilientRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))
+for _name, _member in vars(BaseStorage).items():
+    if callable(_member) and not _name.startswith("_") and _name not in vars(ResilientStorage):
+        setattr(ResilientStorage, _name, _delegate(_name))
+ResilientStorage.__abstractmethods__ = frozenset()
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -188,16 +311,14 @@ def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
 _SCHEMA_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
 
 
-def _create_rdb_storage(
-    url: str, kwargs: dict[str, Any], heartbeat: dict[str, Any]
-) -> ResilientRDBStorage:
+def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> RDBStorage:
     """Workers started together on a fresh database race to create Optuna's tables; the
     losers find the tables there when they try again (after a random pause, so that they
     do not collide again in lockstep)."""
     attempts = 10
     for attempt in range(attempts):
         try:
-            return ResilientRDBStorage(url, engine_kwargs=kwargs, **heartbeat)
+            return RDBStorage(url, engine_kwargs=kwargs)
         except (IntegrityError, ProgrammingError, OperationalError) as exc:
             if not any(sign in str(exc) for sign in _SCHEMA_RACE) or attempt == attempts - 1:
                 raise
@@ -206,21 +327,15 @@ def _create_rdb_storage(
 
 
 def open_storage(
-    url: str,
-    *,
-    must_exist: bool = False,
-    heartbeat_interval: int | None = None,
-    grace_period: int | None = None,
-    max_retry: int | None = None,
-    stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    url: str, *, must_exist: bool = False, reconnect_timeout: float = RECONNECT_TIMEOUT_S
 ) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`; every failure becomes a one-line UserError.
 
     With `must_exist`, a SQLite file that is not there is an error instead of being created
-    (commands that only read must not leave an empty database behind). With a
-    `heartbeat_interval`, running trials beat; one that stops beating for `grace_period`
-    seconds is failed and re-queued (up to `max_retry` times) with the same parameters and
-    its intermediate values, for another worker to resume from its checkpoint.
+    (commands that only read must not leave an empty database behind). Once open, a lost
+    connection is waited out for `reconnect_timeout` seconds (see ResilientStorage).
+    Liveness (heartbeats, stale trials) is lsearch's own, through ordinary trial attrs: see
+    lsearch.liveness.
     """
     if url.startswith("grpc://"):
         return _grpc_proxy(url)
@@ -234,24 +349,13 @@ def open_storage(
         )
     if path is not None and not path.parent.is_dir():
         raise UserError(f"storage {shown}: folder {path.parent} does not exist; create it first")
-    heartbeat: dict[str, Any] = {}
-    if heartbeat_interval is not None:
-        heartbeat = {
-            "heartbeat_interval": heartbeat_interval,
-            "grace_period": grace_period,
-            "heartbeat_stale_trial_callback": stale_trial_callback
-            or RetryHeartbeatStaleTrialCallback(
-                max_retry=max_retry, inherit_intermediate_values=True
-            ),
-        }
     try:
-        storage = _create_rdb_storage(url, engine_kwargs(parsed), heartbeat)
+        rdb = _create_rdb_storage(url, engine_kwargs(parsed))
         if path is not None:
             # WAL lets readers (the dashboard, status) work while workers write, and
             # makes concurrent writers wait on each other less. It persists in the file.
-            with storage.engine.connect() as connection:
+            with rdb.engine.connect() as connection:
                 connection.execute(text("PRAGMA journal_mode=WAL"))
-        return storage
     except NoSuchModuleError:
         raise UserError(
             f"storage {shown}: unknown database driver {parsed.drivername!r}; use sqlite:/// "
@@ -266,3 +370,6 @@ def open_storage(
             f"cannot open storage {shown}: {scrub(_reason(exc), url)}; check the URL, that the "
             "server is running and that the database exists"
         ) from None
+    # Optuna's cache of finished trials, as optuna.create_study(storage=url) would use.
+    cached = optuna.storages.get_storage(rdb)
+    return ResilientStorage(cached, reconnect_timeout, on_lost=rdb.engine.dispose)

@@ -5,10 +5,8 @@ same study; they coordinate only through the storage, like workers on other mach
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,17 +31,6 @@ def parse_gpus(text: str | None) -> list[str]:
 
 GPU_LOCKS_ENV = "LSEARCH_GPU_LOCKS"
 DEFAULT_GPU_LOCKS = "/tmp/lsearch-gpu-locks"
-
-
-def parse_worker_index(text: str) -> int:
-    """An explicit index, or `auto`: one derived from host name and process id, for workers
-    that cannot be numbered (replicas of a compose service)."""
-    if text == "auto":
-        digest = hashlib.sha256(f"{socket.gethostname()}:{os.getpid()}".encode()).digest()
-        return int.from_bytes(digest[:4], "big")
-    if not text.isdigit():
-        raise UserError(f"--worker-index {text!r}: give a whole number, or auto")
-    return int(text)
 
 
 def claim_gpu(count: int, lock_dir: str | Path) -> tuple[int, IO[str]]:
@@ -81,12 +68,12 @@ def worker_env(index: int, gpus: Sequence[str], storage_url: str) -> dict[str, s
 def start_workers(
     count: int, args: Sequence[str], gpus: Sequence[str], storage_url: str, stagger_s: float
 ) -> list[subprocess.Popen[bytes]]:
-    """Start `count` workers running `lsearch *args --worker-index i --quiet` (args start
-    with the command: `run ...` or `compare ...`)."""
+    """Start `count` workers running `lsearch *args --quiet` (args start with the command:
+    `run ...` or `compare ...`). Each numbers itself through the storage (register_worker)."""
     workers = []
     for index in range(count):
         command = [sys.executable, "-m", "lsearch", *args]
-        command += ["--worker-index", str(index), "--quiet"]
+        command += ["--quiet"]
         workers.append(
             subprocess.Popen(
                 command, env=worker_env(index, gpus, storage_url), stdin=subprocess.DEVNULL

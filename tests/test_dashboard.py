@@ -134,10 +134,7 @@ def test_dashboard_serves_a_live_sqlite_study_without_locking_out_its_workers(
         stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
 
         workers = [
-            start_worker(
-                "--trials", "8", *common, "--worker-index", str(i), "--quiet", cwd=tmp_path
-            )
-            for i in range(2)
+            start_worker("--trials", "8", *common, "--quiet", cwd=tmp_path) for i in range(2)
         ]
         deadline = time.monotonic() + 300
         for _ in range(2000):

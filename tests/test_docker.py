@@ -85,7 +85,7 @@ def test_the_worker_command_is_accepted_by_the_lsearch_cli() -> None:
     assert name == "run"
     params = sub.make_context("run", rest, parent=context).params
     assert params["study"] == "cifar10-resnet18" and params["trials"] == 100
-    assert params["device"] == "cuda:free" and params["worker_index"] == "auto"
+    assert params["device"] == "cuda:free"
     assert params["quiet"] is True
 
 

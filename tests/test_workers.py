@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from lsearch.search import sampler_seed
 from lsearch.spec import StudySpec
-from lsearch.workers import claim_gpu, parse_gpus, parse_worker_index, worker_env
+from lsearch.workers import claim_gpu, parse_gpus, worker_env
 from tests.conftest import LSEARCH, TINY, run_lsearch
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -71,8 +71,6 @@ def test_three_worker_processes_share_a_postgresql_study(tmp_path: Path, postgre
             "space.epochs=4",
             "--storage",
             postgres_url,
-            "--worker-index",
-            str(index),
             cwd=tmp_path,
         )
         for index in range(3)
@@ -150,7 +148,7 @@ def test_a_killed_worker_s_trial_is_retried_and_resumed_from_its_checkpoint(tmp_
 def test_all_workers_dead_then_one_run_continues_the_study(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'dead.db'}"
     args = ("--trials", "3", "--storage", storage, *CRASH_ARGS)
-    victims = [start_worker(*args, "--worker-index", str(i), cwd=tmp_path) for i in range(2)]
+    victims = [start_worker(*args, cwd=tmp_path) for _ in range(2)]
     wait_for_checkpoint(storage, epoch=1)
     for victim in victims:
         victim.send_signal(signal.SIGKILL)
@@ -169,7 +167,7 @@ def test_postgresql_restart_mid_study_loses_nothing(tmp_path: Path, own_postgres
         "--trials", "8", *TINY, "--set", "space.epochs=30", "--set", "train.patience=100",
         "--set", 'pruner.type="none"', "--storage", url,
     )  # fmt: skip
-    workers = [start_worker(*args, "--worker-index", str(i), cwd=tmp_path) for i in range(2)]
+    workers = [start_worker(*args, cwd=tmp_path) for _ in range(2)]
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -238,7 +236,6 @@ def test_workers_through_the_grpc_proxy(tmp_path: Path) -> None:
         (["--gpus", "0,1"], "no CUDA GPU"),
         (["--gpus", "0,,1"], "comma-separated"),
         (["--device", "cuda:free"], "no CUDA GPU"),
-        (["--worker-index", "x"], "--worker-index"),
         (["--heartbeat-interval", "5", "--grace-period", "3"], "grace_period"),
     ],
 )
@@ -304,8 +301,6 @@ def test_sampler_seeds_differ_per_worker_and_after_a_resume() -> None:
     assert sampler_seed(spec, 5, 0) != sampler_seed(spec, 0, 0)
     unseeded = StudySpec.model_validate({"name": "x", "sampler": {"seed": None}})
     assert sampler_seed(unseeded, 3, 1) is None
-    assert parse_worker_index("7") == 7
-    assert parse_worker_index("auto") == parse_worker_index("auto")
 
 
 RACER = """
