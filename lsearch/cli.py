@@ -100,6 +100,13 @@ def run(
             help="GPUs for the workers, round robin: 0,1,2,3 (several workers per GPU ok)"
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads per worker [default: the cores divided among the lsearch "
+            "workers running on this machine]"
+        ),
+    ] = None,
     heartbeat_interval: Annotated[
         int | None,
         typer.Option(help="Seconds between a running trial's heartbeats; 0 = off [study file: 10]"),
@@ -122,12 +129,13 @@ def run(
 ) -> None:
     """Run (or continue) a search until the study holds --trials finished trials."""
     from lsearch import interrupts
+    from lsearch.devices import parse_gpus, worker_device
     from lsearch.launch import prepare
     from lsearch.objective import Objective
     from lsearch.progress import SearchProgress, summary_table
     from lsearch.search import count_finished, run_until
     from lsearch.storage import mask_url, resolve_url
-    from lsearch.workers import parse_gpus, start_workers, wait_for
+    from lsearch.workers import start_workers, wait_for
 
     if trials < 1:
         raise UserError(
@@ -139,8 +147,7 @@ def run(
     if workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")
     gpu_list = parse_gpus(gpus)
-    if gpu_list and device in ("auto", "cpu"):
-        device = "cuda"
+    device = worker_device(device, gpu_list)
     overrides = list(set_ or [])
     if heartbeat_interval is not None:
         overrides.append(f"storage.heartbeat_interval={heartbeat_interval}")
@@ -151,7 +158,7 @@ def run(
     quiet_libraries()
     url = resolve_url(storage)
     supervises = workers > 1 or bool(gpu_list)
-    prepared = prepare(study, overrides, url, device, name, not supervises)
+    prepared = prepare(study, overrides, url, device, name, not supervises, threads)
     spec, found = prepared.spec, prepared.study
     done = count_finished(found)
     if not quiet:
@@ -177,6 +184,8 @@ def run(
                     run_args += ["--timeout", str(timeout)]
                 if name is not None:
                     run_args += ["--name", name]
+                if threads is not None:
+                    run_args += ["--threads", str(threads)]
                 started = start_workers(workers, run_args, gpu_list, url, stagger_s=0.5)
                 codes = wait_for(started, lambda: progress.poll(found))
                 if interrupts.requested() in ("SIGINT", "SIGTERM"):
@@ -190,6 +199,7 @@ def run(
                     prepared.device,
                     on_epoch=progress.on_epoch,
                     checkpoints=prepared.checkpoints,
+                    cores=prepared.cores,
                 )
                 run_until(
                     found,
@@ -354,6 +364,13 @@ DeviceOption = Annotated[
 WorkersOption = Annotated[
     int, typer.Option(help="Worker processes to start on this machine, sharing the seed-runs")
 ]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads per worker [default: the cores divided among the lsearch workers "
+        "running on this machine]"
+    ),
+]
 OutputOptions = tuple[bool, bool, bool]
 
 
@@ -390,6 +407,7 @@ def compare(
     ] = None,
     device: DeviceOption = "auto",
     workers: WorkersOption = 1,
+    threads: ThreadsOption = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Print the cells and what is left to train; train nothing"),
@@ -425,7 +443,8 @@ def compare(
     args += ["--seeds", ",".join(map(str, request.seeds))]
     if from_best:
         args.append("--from-best")
-    _run_comparison(request, url, device, workers, args, (dry_run, as_json, markdown), quiet)
+    output = (dry_run, as_json, markdown)
+    _run_comparison(request, url, (device, threads), workers, args, output, quiet)
 
 
 @app.command()
@@ -443,6 +462,7 @@ def evaluate(
     ] = None,
     device: DeviceOption = "auto",
     workers: WorkersOption = 1,
+    threads: ThreadsOption = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what is left to train; train nothing")
     ] = False,
@@ -463,13 +483,14 @@ def evaluate(
     args += ["--device", device, "--seeds", ",".join(map(str, request.seeds))]
     if trial is not None:
         args += ["--trial", str(trial)]
-    _run_comparison(request, url, device, workers, args, (dry_run, as_json, markdown), quiet)
+    output = (dry_run, as_json, markdown)
+    _run_comparison(request, url, (device, threads), workers, args, output, quiet)
 
 
 def _run_comparison(
     request: Any,
     url: str,
-    device_name: str,
+    device_threads: tuple[str, int | None],
     workers: int,
     worker_args: list[str],
     output: OutputOptions,
@@ -480,14 +501,17 @@ def _run_comparison(
 
     from lsearch import compare, interrupts
     from lsearch.data import load_test_set
+    from lsearch.devices import describe_device
     from lsearch.launch import check_and_load, open_spec_storage
     from lsearch.progress import SeedRunProgress
     from lsearch.search import register_worker
     from lsearch.storage import mask_url, open_storage
-    from lsearch.train import describe_device
     from lsearch.workers import start_workers, wait_for
 
     dry_run, as_json, markdown = output
+    device_name, threads = device_threads
+    if threads is not None:
+        worker_args = [*worker_args, "--threads", str(threads)]
     if workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")
     spec = request.spec
@@ -498,7 +522,7 @@ def _run_comparison(
             existing = None
         _print_plan(request, existing, compare.seconds_per_seed_epoch(url, request), mask_url(url))
         return
-    device, pool = check_and_load(spec, device_name, trains=workers == 1)
+    device, pool, cores = check_and_load(spec, device_name, workers == 1, threads)
     test_set = load_test_set(spec.data, device if workers == 1 else torch.device("cpu"))
     storage, liveness = open_spec_storage(spec, url)
     found = compare.open_comparison(
@@ -525,7 +549,7 @@ def _run_comparison(
             else:
                 index = register_worker(storage, request.name)
                 compare.train_pending(
-                    request, found, (pool, test_set), device, liveness, index, progress
+                    request, found, (pool, test_set), device, liveness, index, progress, cores
                 )
         except interrupts.Interrupted as exc:
             _report_interrupt(exc, "the comparison")

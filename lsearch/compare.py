@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lsearch import interrupts
 from lsearch.data import ImagePool, TestSet
+from lsearch.devices import CoreShare
 from lsearch.errors import UserError
 from lsearch.evaluation import pooled_reliability
 from lsearch.objective import Objective, TrialConfig
@@ -774,6 +775,7 @@ def train_pending(
     liveness: Liveness | None,
     worker_index: int,
     progress: Any,
+    cores: CoreShare | None = None,
 ) -> None:
     """Train this worker's share of the pending seed-runs (with any others, through the
     storage) until none is left to start or running."""
@@ -785,7 +787,7 @@ def train_pending(
     pool, test_set = data
     objective = Objective(
         request.spec, pool, device, on_epoch=progress.on_epoch,
-        checkpoints=open_checkpoints(request.spec),
+        checkpoints=open_checkpoints(request.spec), cores=cores,
     )  # fmt: skip
     run_plans(
         study,

@@ -12,13 +12,13 @@ import torch
 
 from lsearch.checkpoint import Checkpoints, RetryOrDiscardCheckpoint, open_artifact_store
 from lsearch.data import ImagePool, load_pool
+from lsearch.devices import CoreShare, describe_device, resolve_device
 from lsearch.errors import UserError
 from lsearch.liveness import StaleTrialSweeper
 from lsearch.models import build_model, layer_group_count
 from lsearch.search import SPEC_ATTR, Liveness, liveness_for, open_study, register_worker
 from lsearch.spec import StudySpec, load_spec
-from lsearch.storage import open_storage
-from lsearch.train import describe_device, resolve_device
+from lsearch.storage import MAX_RETRY_DELAY_S, open_storage
 
 log = logging.getLogger("lsearch.launch")
 
@@ -28,6 +28,7 @@ class Prepared:
     spec: StudySpec
     device: torch.device
     pool: ImagePool
+    cores: CoreShare | None  # this worker's share of the machine's cores
     study: optuna.Study
     checkpoints: Checkpoints | None
     liveness: Liveness | None  # heartbeats and the sweep of dead workers' trials
@@ -46,16 +47,22 @@ def check_trainable_layers(spec: StudySpec) -> None:
 
 
 def check_and_load(
-    spec: StudySpec, device_name: str, trains: bool = True
-) -> tuple[torch.device, ImagePool]:
+    spec: StudySpec, device_name: str, trains: bool = True, threads: int | None = None
+) -> tuple[torch.device, ImagePool, CoreShare | None]:
     """Check the device, the model and its weights, and load the training pool: every input
-    a user can get wrong, before any storage is touched."""
+    a user can get wrong, before any storage is touched. A process that trains takes its
+    share of the machine's cores (`threads`, or divided among the workers running here)."""
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1 (got {threads})")
     device = resolve_device(device_name)
     check_trainable_layers(spec)
     pool = load_pool(spec.data, device if trains else torch.device("cpu"))
     # Load the weights once now, so a bad weights file fails before the storage is touched.
     build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
-    return device, pool
+    cores = CoreShare(threads) if trains else None
+    if cores is not None:
+        cores.refresh()
+    return device, pool, cores
 
 
 def open_spec_storage(
@@ -65,7 +72,12 @@ def open_spec_storage(
     of dead workers' trials (None with heartbeats off). A dead worker's trial goes to its
     retry with its checkpoint, or, when its retries are used up, its checkpoint is removed
     (`checkpoints`, or the spec's store)."""
-    storage = open_storage(storage_url, reconnect_timeout=spec.storage.reconnect_timeout)
+    settings = spec.storage
+    storage = open_storage(
+        storage_url,
+        reconnect_timeout=settings.reconnect_timeout,
+        max_delay=min(MAX_RETRY_DELAY_S, settings.heartbeat_interval or MAX_RETRY_DELAY_S),
+    )
     return storage, spec_liveness(spec, storage, checkpoints or open_checkpoints(spec))
 
 
@@ -91,16 +103,17 @@ def prepare(
     device_name: str,
     study_name: str | None = None,
     trains: bool = True,
+    threads: int | None = None,
 ) -> Prepared:
     """Check everything, then open the study. `trains=False` (a process that only starts and
     watches workers) still checks the device but keeps the data off the GPU."""
     spec = load_spec(study_file, overrides)
-    device, pool = check_and_load(spec, device_name, trains)
+    device, pool, cores = check_and_load(spec, device_name, trains, threads)
     checkpoints = open_checkpoints(spec)
     storage, liveness = open_spec_storage(spec, storage_url, checkpoints)
     worker_index = register_worker(storage, study_name or spec.name)
     study = open_study(spec, storage, study_name, worker_index, describe_device(device))
-    return Prepared(spec, device, pool, study, checkpoints, liveness, worker_index)
+    return Prepared(spec, device, pool, cores, study, checkpoints, liveness, worker_index)
 
 
 def watch_stale_trials(

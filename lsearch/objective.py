@@ -35,14 +35,15 @@ from optuna.trial import TrialState
 from lsearch import interrupts, metrics
 from lsearch.checkpoint import CHECKPOINT_ATTR, Checkpoints
 from lsearch.data import ImagePool, Split, TestSet, split_for_seed
+from lsearch.devices import CoreShare, describe_device
 from lsearch.evaluation import TEST_METRICS, held_out_metrics
 from lsearch.models import build_model
+from lsearch.search import check_new
 from lsearch.spec import Param, Space, StudySpec
 from lsearch.train import (
     EpochMetrics,
     NonFiniteLossError,
     SeedRun,
-    describe_device,
     seed_everything,
     start_seed_run,
 )
@@ -167,12 +168,14 @@ class Objective:
         device: torch.device,
         on_epoch: EpochCallback | None = None,
         checkpoints: Checkpoints | None = None,
+        cores: CoreShare | None = None,
     ) -> None:
         self.spec = spec
         self.pool = pool
         self.device = device
         self.on_epoch = on_epoch
         self.checkpoints = checkpoints
+        self.cores = cores  # re-divided before each trial, as workers come and go
         self.prunes = len(spec.objective.directions) == 1 and spec.pruner.type != "none"
         self._splits: dict[int, Split] = {}
 
@@ -242,6 +245,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         config = suggest(trial, self.spec.space)
+        check_new(trial)
         attrs = self.train(trial, config, self.spec.seeds, prunes=self.prunes)
         acc, ece = attrs["val_acc"], attrs["val_ece"]
         return {"val_acc": acc, "val_ece": ece, "val_acc+val_ece": (acc, ece)}[
@@ -268,6 +272,8 @@ class Objective:
         trial.set_user_attr("seeds", list(seeds))
         trial.set_user_attr("chosen_by", "val_acc")
         trial.set_user_attr("device", describe_device(self.device))
+        if self.cores is not None:
+            trial.set_user_attr("threads", self.cores.refresh())
         started = time.perf_counter()
         runs = [self.start(seed, config) for seed in seeds]
         progress = self.resume(trial, runs, prunes) or Progress([[] for _ in runs])

@@ -114,6 +114,11 @@ def is_transient(exc: BaseException) -> bool:
 # The study in which workers register (lsearch.search.register_worker); not a search.
 WORKERS_STUDY = "lsearch:workers"
 
+# The longest pause between attempts to reach a lost database. A worker opened for a study
+# pauses at most its heartbeat interval, so that once the database is back its heartbeat
+# resumes well within the grace period (see lsearch.liveness).
+MAX_RETRY_DELAY_S = 10.0
+
 STOP_WRITE_TIMEOUT_S = 10.0
 """How long a stopping worker (Ctrl-C, SIGTERM, --timeout) keeps retrying a write: during an
 outage it still stops, and its trial comes back through the heartbeat path instead."""
@@ -153,9 +158,11 @@ class ResilientStorage(BaseStorage):
         inner: BaseStorage,
         reconnect_timeout: float = RECONNECT_TIMEOUT_S,
         on_lost: Callable[[], None] | None = None,
+        max_delay: float = MAX_RETRY_DELAY_S,
     ) -> None:
         self.inner = inner
         self.reconnect_timeout = reconnect_timeout
+        self.max_delay = max_delay
         self._on_lost = on_lost  # drop pooled connections to the old server
         # Connection losses seen so far: observations older than a loss are void (liveness).
         self.losses = 0
@@ -168,7 +175,7 @@ class ResilientStorage(BaseStorage):
         **kwargs: Any,
     ) -> Any:
         started = time.monotonic()
-        delay = 0.5
+        delay = min(0.5, self.max_delay)
         lost = False
         while True:
             try:
@@ -195,7 +202,7 @@ class ResilientStorage(BaseStorage):
                 if self._on_lost is not None:
                     self._on_lost()
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, self.max_delay)
 
     # The writes whose repetition is not harmless.
 
@@ -327,7 +334,11 @@ def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> RDBStorage:
 
 
 def open_storage(
-    url: str, *, must_exist: bool = False, reconnect_timeout: float = RECONNECT_TIMEOUT_S
+    url: str,
+    *,
+    must_exist: bool = False,
+    reconnect_timeout: float = RECONNECT_TIMEOUT_S,
+    max_delay: float = MAX_RETRY_DELAY_S,
 ) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`; every failure becomes a one-line UserError.
 
@@ -372,4 +383,4 @@ def open_storage(
         ) from None
     # Optuna's cache of finished trials, as optuna.create_study(storage=url) would use.
     cached = optuna.storages.get_storage(rdb)
-    return ResilientStorage(cached, reconnect_timeout, on_lost=rdb.engine.dispose)
+    return ResilientStorage(cached, reconnect_timeout, rdb.engine.dispose, max_delay)

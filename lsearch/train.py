@@ -1,4 +1,4 @@
-"""One seed's training run, an epoch at a time: label-smoothed loss, evaluation, devices.
+"""One seed's training run, an epoch at a time: label-smoothed loss and evaluation.
 
 The hot path keeps every image on the device: a batch is an index slice of one uint8
 tensor, augmentation is batched tensor ops, and on CUDA the model runs in channels_last
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from lsearch import interrupts, metrics
 from lsearch.augment import prepare
 from lsearch.data import ImagePool, Split
-from lsearch.errors import UserError
+from lsearch.devices import autocast_dtype
 from lsearch.models import LayeredModel
 from lsearch.spec import Data, Train
 
@@ -47,62 +46,6 @@ def smoothed_cross_entropy(
     smoothed = torch.full_like(log_probs, epsilon / (num_classes - 1))
     smoothed.scatter_(-1, targets[:, None], 1.0 - epsilon)
     return -(smoothed * log_probs).sum(dim=-1).mean()
-
-
-# Lock files of GPUs this process claimed with `cuda:free`; held open for its lifetime.
-_CLAIMED_GPUS: list[Any] = []
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` takes CUDA when present; asking for CUDA where there is none is a user error.
-    `cuda:free` claims the least-shared GPU of this machine (see workers.claim_gpu)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda:free":
-        from lsearch.workers import DEFAULT_GPU_LOCKS, GPU_LOCKS_ENV, claim_gpu
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda:free: no CUDA GPU is available here; use cpu or auto")
-        lock_dir = os.environ.get(GPU_LOCKS_ENV, DEFAULT_GPU_LOCKS)
-        index, handle = claim_gpu(torch.cuda.device_count(), lock_dir)
-        _CLAIMED_GPUS.append(handle)
-        name = f"cuda:{index}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(
-            f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or cuda:free"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"--device {name}: no CUDA GPU is available here; use --device cpu or auto"
-            )
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise UserError(
-                f"--device {name}: this machine has {count} CUDA device(s), numbered 0..{count - 1}"
-            )
-    elif device.type != "cpu":
-        raise UserError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        prefer_determinism()
-    return device
-
-
-def prefer_determinism() -> None:
-    """Deterministic cuDNN convolutions and cuBLAS workspaces, so a rerun repeats its numbers.
-    A few CUDA kernels (the average-pool backward in ResNet among them) add with atomics
-    and may still differ in the last bits between runs."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return "cpu"
 
 
 def seed_everything(seed: int) -> None:
@@ -146,7 +89,7 @@ class SeedRun:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type != "cuda":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = autocast_dtype(self.device)
         return torch.autocast("cuda", dtype=dtype)
 
     def _inputs(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
@@ -291,7 +234,7 @@ def start_seed_run(
         else None
     )
     scaler = None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if autocast_dtype(device) == torch.float16:
         scaler = torch.amp.GradScaler("cuda")
     generator = torch.Generator(device=device).manual_seed(seed)
     return SeedRun(

@@ -4,62 +4,25 @@ same study; they coordinate only through the storage, like workers on other mach
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import IO
 
 from lsearch import interrupts
-from lsearch.errors import UserError
 from lsearch.storage import STORAGE_ENV
 
 
-def parse_gpus(text: str | None) -> list[str]:
-    """`0,1,2,3` -> ["0", "1", "2", "3"] (CUDA device indices or UUIDs)."""
-    if not text:
-        return []
-    gpus = [part.strip() for part in text.split(",")]
-    if not all(gpus):
-        raise UserError(f"--gpus {text!r}: give a comma-separated list such as 0,1,2,3")
-    return gpus
-
-
-GPU_LOCKS_ENV = "LSEARCH_GPU_LOCKS"
-DEFAULT_GPU_LOCKS = "/tmp/lsearch-gpu-locks"
-
-
-def claim_gpu(count: int, lock_dir: str | Path) -> tuple[int, IO[str]]:
-    """Claim the least-shared of `count` GPUs through lock files in a folder every worker on
-    the machine sees: workers fill slot 0 of every GPU, then slot 1, and so on. The lock
-    lives as long as the returned file is open, and dies with the process.
-
-    Needed where workers cannot be told their GPU, such as `docker compose --scale`, which
-    gives every replica the same device reservation."""
-    folder = Path(lock_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    slot = 0
-    while True:
-        for index in range(count):
-            handle = open(folder / f"cuda-{index}-slot-{slot}.lock", "w")  # noqa: SIM115
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            return index, handle
-        slot += 1
-
-
-def worker_env(index: int, gpus: Sequence[str], storage_url: str) -> dict[str, str]:
-    """The environment of worker `index`: its GPU (round robin) and the storage URL, passed
-    in the environment rather than on the command line, where `ps` would show a password."""
+def worker_env(index: int, gpus: Sequence[str], storage_url: str, count: int = 1) -> dict[str, str]:
+    """The environment of worker `index` of `count`: its GPU (round robin), its share of the
+    cores for OpenMP (each worker then keeps its torch threads to its share, see
+    devices.CoreShare) and the storage URL, passed in the environment rather than on the
+    command line, where `ps` would show a password."""
     env = dict(os.environ)
     env[STORAGE_ENV] = storage_url
+    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // count)))
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     return env
@@ -76,7 +39,7 @@ def start_workers(
         command += ["--quiet"]
         workers.append(
             subprocess.Popen(
-                command, env=worker_env(index, gpus, storage_url), stdin=subprocess.DEVNULL
+                command, env=worker_env(index, gpus, storage_url, count), stdin=subprocess.DEVNULL
             )
         )
         # Staggered starts spread the first database writes (SQLite locks) and trial starts.

@@ -14,9 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from lsearch.devices import claim_gpu, parse_gpus
 from lsearch.search import sampler_seed
 from lsearch.spec import StudySpec
-from lsearch.workers import claim_gpu, parse_gpus, worker_env
+from lsearch.workers import worker_env
 from tests.conftest import LSEARCH, TINY, run_lsearch
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -80,9 +81,31 @@ def test_three_worker_processes_share_a_postgresql_study(tmp_path: Path, postgre
         assert code == 0, stderr
     study = optuna.load_study(study_name="digits", storage=postgres_url)
     assert_study_reached(study, 9, 3)
-    # Distinct worker indices seed distinct samplers: the first draws are not repeated.
-    firsts = [tuple(sorted(t.params.items())) for t in study.trials[:3]]
-    assert len(set(firsts)) == 3
+    assert_no_configuration_twice(study)
+
+
+def assert_no_configuration_twice(study: optuna.Study) -> None:
+    """Workers started with one command number themselves through the storage, so their
+    samplers differ: no configuration is drawn twice (the duplicate check would fail it)."""
+    configurations = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(configurations)) == len(configurations), configurations
+    assert not study.get_trials(states=(TrialState.FAIL,))
+
+
+def test_two_workers_started_alike_on_a_fresh_sqlite_file_draw_distinct_configurations(
+    tmp_path: Path,
+) -> None:
+    args = ("--trials", "8", *TINY, "--set", "space.epochs=4")
+    workers = [start_worker(*args, cwd=tmp_path) for _ in range(2)]
+    for worker in workers:
+        code, stderr = finish(worker)
+        assert code == 0, stderr
+    storage = f"sqlite:///{tmp_path / 'lsearch.db'}"
+    study = optuna.load_study(study_name="digits", storage=storage)
+    assert_study_reached(study, 8, 2)
+    assert_no_configuration_twice(study)
+    registry = optuna.load_study(study_name="lsearch:workers", storage=storage)
+    assert [t.user_attrs["study"] for t in registry.trials] == ["digits", "digits"]
 
 
 CRASH_ARGS = (
@@ -195,6 +218,50 @@ def test_postgresql_restart_mid_study_loses_nothing(tmp_path: Path, own_postgres
     assert done_before <= still_done
 
 
+def test_postgresql_down_longer_than_the_grace_period_fails_no_live_trial(
+    tmp_path: Path, own_postgres
+) -> None:
+    """Two workers wait out an outage three times their grace period; a third joins as the
+    database comes back. Nobody may take the live trials for dead ones, nobody crashes, and
+    every trial finished before the outage is still there."""
+    url = own_postgres.url
+    args = (
+        "--trials", "8", *TINY, "--set", "space.epochs=40", "--set", "train.patience=100",
+        "--set", 'pruner.type="none"', "--storage", url,
+        "--heartbeat-interval", "1", "--grace-period", "4",
+    )  # fmt: skip
+    workers = [start_worker(*args, cwd=tmp_path) for _ in range(2)]
+    deadline = time.monotonic() + 180
+    running, done_before = [], set()
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name="digits", storage=url)
+            done_before = {t.number for t in study.get_trials(states=FINISHED)}
+            running = study.get_trials(states=(TrialState.RUNNING,))
+        except KeyError:
+            pass
+        if len(done_before) >= 1 and len(running) == 2:
+            break
+        time.sleep(0.1)
+    assert len(running) == 2 and len(done_before) < 8, "no trials in flight to test with"
+    own_postgres.stop()
+    try:
+        time.sleep(12)
+    finally:
+        own_postgres.start()
+    workers.append(start_worker(*args, cwd=tmp_path))
+    for worker in workers:
+        code, stderr = finish(worker)
+        assert code == 0, stderr
+        assert "Traceback" not in stderr and "failed as stale" not in stderr, stderr
+    study = optuna.load_study(study_name="digits", storage=url)
+    assert_study_reached(study, 8, 3)
+    assert done_before <= {t.number for t in study.get_trials(states=FINISHED)}
+    # The trials in flight through the outage finished as themselves.
+    for trial in running:
+        assert study.trials[trial.number].state in FINISHED
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -204,14 +271,7 @@ def free_port() -> int:
 def test_workers_through_the_grpc_proxy(tmp_path: Path) -> None:
     port = free_port()
     database = f"sqlite:///{tmp_path / 'served.db'}"
-    proxy = subprocess.Popen(
-        [LSEARCH, "proxy", "--storage", database, "--port", str(port)],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proxy = start_proxy(database, port, tmp_path)
     try:
         result = run_lsearch(
             "run", "--workers", "2", "--trials", "4", *TINY,
@@ -225,6 +285,47 @@ def test_workers_through_the_grpc_proxy(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="digits", storage=database)
     assert len(study.get_trials(states=FINISHED)) >= 4
     assert not study.get_trials(states=(TrialState.FAIL,))
+
+
+def start_proxy(database: str, port: int, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [LSEARCH, "proxy", "--storage", database, "--port", str(port)],
+        cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def test_the_proxy_recovers_a_killed_worker_s_trial(tmp_path: Path) -> None:
+    """A worker behind `lsearch proxy` is SIGKILLed mid-trial with no other worker left: the
+    proxy sees its heartbeat stand still, fails the trial and re-queues it, and the next
+    worker resumes it from its checkpoint."""
+    port = free_port()
+    database = f"sqlite:///{tmp_path / 'served.db'}"
+    proxy = start_proxy(database, port, tmp_path)
+    served = ("--trials", "2", "--storage", f"grpc://127.0.0.1:{port}", *CRASH_ARGS)
+    try:
+        victim = start_worker(*served, cwd=tmp_path)
+        wait_for_checkpoint(database, epoch=2)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        deadline = time.monotonic() + 120
+        retries: list = []
+        while time.monotonic() < deadline and not retries:
+            study = optuna.load_study(study_name="digits", storage=database)
+            retries = study.get_trials(states=(TrialState.WAITING,))
+            time.sleep(0.5)
+        assert retries, "the proxy did not re-queue the dead worker's trial"
+        assert study.trials[0].state == TrialState.FAIL
+        survivor = run_lsearch("run", *served, cwd=tmp_path)
+        assert survivor.returncode == 0, survivor.stderr
+    finally:
+        proxy.send_signal(signal.SIGINT)
+        proxy.wait(timeout=30)
+    study = optuna.load_study(study_name="digits", storage=database)
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 2
+    assert len(study.get_trials(states=FINISHED)) == 2
+    assert [p for p in (tmp_path / "artifacts").iterdir()] == []
 
 
 @pytest.mark.parametrize(
@@ -274,7 +375,7 @@ def test_claim_gpu_fills_every_gpu_before_sharing_one(tmp_path: Path) -> None:
 
 def test_claim_gpu_holds_across_processes(tmp_path: Path) -> None:
     script = (
-        "import sys, time; from lsearch.workers import claim_gpu; "
+        "import sys, time; from lsearch.devices import claim_gpu; "
         f"i, h = claim_gpu(2, {str(tmp_path)!r}); print(i, flush=True); time.sleep(30)"
     )
     procs = []

@@ -1,0 +1,192 @@
+"""Device policy: which device a worker trains on, how GPUs and CPU cores are shared among
+the workers of one machine, and what the device can do (checked once per process).
+
+- `--device` names are parsed and checked here (`resolve_device`); the CUDA device a worker
+  gets becomes its current device (`torch.cuda.set_device`), so that everything that uses
+  "the current GPU" (pinned-memory copies, capability checks, cuBLAS handles) works on it.
+- `cuda:free` and `--gpus` share GPUs through lock files (`claim_gpu`).
+- CPU cores: every worker on one machine holds a lock file in a shared folder
+  (`CoreShare`); before each trial it counts the live holders and takes its share of the
+  cores for torch's thread pool. Two processes that each take every core train several
+  times slower together than apart; `--threads N` fixes the count instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+from pathlib import Path
+from typing import IO
+
+import torch
+
+from lsearch.errors import UserError
+
+GPU_LOCKS_ENV = "LSEARCH_GPU_LOCKS"
+DEFAULT_GPU_LOCKS = "/tmp/lsearch-gpu-locks"
+CPU_LOCKS_ENV = "LSEARCH_CPU_LOCKS"
+DEFAULT_CPU_LOCKS = "/tmp/lsearch-cpu-locks"
+
+# Lock files this process holds (claimed GPU slots, its CPU slot); open for its lifetime.
+_HELD: list[IO[str]] = []
+
+
+def parse_gpus(text: str | None) -> list[str]:
+    """`0,1,2,3` -> ["0", "1", "2", "3"] (CUDA device indices or UUIDs)."""
+    if not text:
+        return []
+    gpus = [part.strip() for part in text.split(",")]
+    if not all(gpus):
+        raise UserError(f"--gpus {text!r}: give a comma-separated list such as 0,1,2,3")
+    return gpus
+
+
+def worker_device(device: str, gpus: list[str]) -> str:
+    """The --device of workers started with --gpus: CUDA (each sees only its GPU). An
+    explicit --device cpu beside --gpus contradicts it: a user error, not a silent switch."""
+    if not gpus:
+        return device
+    if device == "cpu":
+        raise UserError("--gpus and --device cpu contradict each other; leave out one of them")
+    return "cuda" if device == "auto" else device
+
+
+def _try_lock(path: Path) -> IO[str] | None:
+    handle = open(path, "w")  # noqa: SIM115 - held open as the lock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def claim_gpu(count: int, lock_dir: str | Path) -> tuple[int, IO[str]]:
+    """Claim the least-shared of `count` GPUs through lock files in a folder every worker on
+    the machine sees: workers fill slot 0 of every GPU, then slot 1, and so on. The lock
+    lives as long as the returned file is open, and dies with the process.
+
+    Needed where workers cannot be told their GPU, such as `docker compose --scale`, which
+    gives every replica the same device reservation."""
+    folder = Path(lock_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    slot = 0
+    while True:
+        for index in range(count):
+            handle = _try_lock(folder / f"cuda-{index}-slot-{slot}.lock")
+            if handle is not None:
+                return index, handle
+        slot += 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` takes CUDA when present; asking for CUDA where there is none is a user error.
+    `cuda:free` claims the least-shared GPU of this machine. A CUDA device becomes this
+    process's current device."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda:free":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda:free: no CUDA GPU is available here; use cpu or auto")
+        lock_dir = os.environ.get(GPU_LOCKS_ENV, DEFAULT_GPU_LOCKS)
+        index, handle = claim_gpu(torch.cuda.device_count(), lock_dir)
+        _HELD.append(handle)
+        name = f"cuda:{index}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or cuda:free"
+        ) from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise UserError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise UserError(
+            f"--device {name}: this machine has {count} CUDA device(s), numbered 0..{count - 1}"
+        )
+    device = torch.device("cuda", device.index if device.index is not None else 0)
+    torch.cuda.set_device(device)
+    prefer_determinism()
+    return device
+
+
+def prefer_determinism() -> None:
+    """Deterministic cuDNN convolutions and cuBLAS workspaces, so a rerun repeats its numbers.
+    A few CUDA kernels (the average-pool backward in ResNet among them) add with atomics
+    and may still differ in the last bits between runs."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+@functools.cache
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype on `device` (checked once per process): bfloat16 where the
+    GPU has it, float16 (with a gradient scaler) otherwise; None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+class CoreShare:
+    """This worker's share of the machine's CPU cores, among the lsearch workers running on
+    it. Each worker holds one slot lock file in `lock_dir`; `refresh` counts the slots held
+    (by this worker and the others alive) and sets torch's thread count to the cores divided
+    by them, at least 1. With `threads`, that count is used as given."""
+
+    def __init__(
+        self, threads: int | None = None, lock_dir: str | Path | None = None, cores: int = 0
+    ) -> None:
+        self.threads = threads
+        self.cores = cores or len(os.sched_getaffinity(0))
+        self.folder = Path(lock_dir or os.environ.get(CPU_LOCKS_ENV, DEFAULT_CPU_LOCKS))
+        self.handle: IO[str] | None = None
+        self.slot = -1
+        if threads is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.slot = 0
+            while self.handle is None:
+                self.handle = _try_lock(self.folder / f"cpu-slot-{self.slot}.lock")
+                self.slot += 0 if self.handle is not None else 1
+
+    def workers(self) -> int:
+        """How many workers hold a slot now, this one included."""
+        held = 1
+        for path in self.folder.glob("cpu-slot-*.lock"):
+            if path.name == f"cpu-slot-{self.slot}.lock":
+                continue
+            probe = _try_lock(path)
+            if probe is None:
+                held += 1
+            else:
+                probe.close()
+        return held
+
+    def share(self) -> int:
+        if self.threads is not None:
+            return self.threads
+        return max(1, self.cores // self.workers())
+
+    def refresh(self) -> int:
+        """Set torch's thread count to this worker's share now; the count set."""
+        count = self.share()
+        if torch.get_num_threads() != count:
+            torch.set_num_threads(count)
+        return count
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
