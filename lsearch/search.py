@@ -47,6 +47,14 @@ def sampler_seed(spec: StudySpec, trials_at_start: int, worker_index: int) -> in
     return (spec.sampler.seed + trials_at_start + 1_000_003 * worker_index) % 2**32
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its `study.stop()` once the grid is used up, which only
+    works inside `study.optimize`: lsearch's loop checks `is_exhausted` itself."""
+
+    def after_trial(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
 def build_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
     sampler = spec.sampler.model_copy(update={"seed": seed}) if seed is not None else spec.sampler
     if sampler.type == "random":
@@ -56,7 +64,7 @@ def build_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.B
             grid = {name: getattr(spec.space, name).grid() for name in spec.searched}
         except ValueError as exc:
             raise UserError(f"sampler.type = 'grid': {exc}") from None
-        return optuna.samplers.GridSampler(grid, seed=sampler.seed)
+        return GridSampler(grid, seed=sampler.seed)
     if sampler.type == "gp":
         return optuna.samplers.GPSampler(
             seed=sampler.seed, n_startup_trials=sampler.n_startup_trials

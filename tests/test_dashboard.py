@@ -163,7 +163,11 @@ def test_dashboard_serves_a_live_sqlite_study_without_locking_out_its_workers(
         assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) >= 8
 
         # After the workers: the API shows every trial, and serves a kept checkpoint.
-        summary_id = get_json(port, "/api/studies")["study_summaries"][0]["study_id"]
+        (summary,) = [
+            s for s in get_json(port, "/api/studies")["study_summaries"]
+            if s["study_name"] == "digits"
+        ]  # fmt: skip
+        summary_id = summary["study_id"]
         detail = get_json(port, f"/api/studies/{summary_id}")
         check_study_detail(detail)
         assert len(detail["trials"]) == len(final.trials)

@@ -73,6 +73,8 @@ def test_workers_reserve_gpus_and_claim_one_each() -> None:
     assert command[command.index("--device") + 1] == "cuda:free"
     assert "/locks" in [m.split(":")[1] for m in worker["volumes"]]
     assert worker["environment"]["LSEARCH_GPU_LOCKS"] == "/locks"
+    # Replicas share the host's cores too, through slot locks in the same volume.
+    assert worker["environment"]["LSEARCH_CPU_LOCKS"] == "/locks"
     assert worker["build"]["dockerfile"] == "docker/Dockerfile"
     assert (DOCKER / worker["build"]["context"] / worker["build"]["dockerfile"]).is_file()
 

@@ -14,7 +14,7 @@ import torchvision
 from optuna.artifacts import get_all_artifact_meta
 
 from lsearch.errors import UserError
-from lsearch.search import build_pruner, build_sampler
+from lsearch.search import build_pruner, build_sampler, run_until
 from lsearch.spec import StudySpec
 from tests.conftest import TINY, run_lsearch
 
@@ -50,7 +50,7 @@ def test_the_grid_sampler_walks_choices_and_stepped_ranges() -> None:
         seen.add((epsilon, trial.suggest_int("epochs", 2, 4, step=2)))
         return 0.0
 
-    study.optimize(objective, n_trials=10)  # the grid sampler stops the study when done
+    run_until(study, objective, 10)  # lsearch's loop stops once the grid is used up
     assert len(study.trials) == 4
     assert seen == {(0.0, 2), (0.0, 4), (0.1, 2), (0.1, 4)}
     with pytest.raises(UserError, match="grid sampler needs choices or a step"):

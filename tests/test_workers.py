@@ -449,3 +449,71 @@ def test_workers_opening_a_fresh_storage_at_the_same_moment_all_succeed(
     gun.touch()
     outputs = [racer.communicate(timeout=180)[0].strip() for racer in racers]
     assert outputs == ["ok"] * 4, outputs
+
+
+def test_gpus_with_an_explicit_cpu_device_is_a_user_error() -> None:
+    from lsearch.devices import worker_device
+    from lsearch.errors import UserError
+
+    assert worker_device("auto", ["0", "1"]) == "cuda"
+    assert worker_device("cuda:free", ["0"]) == "cuda:free"
+    assert worker_device("cpu", []) == "cpu"
+    with pytest.raises(UserError, match="--gpus and --device cpu"):
+        worker_device("cpu", ["0"])
+
+
+HOLDER = """
+import sys, time
+from lsearch.devices import CoreShare
+share = CoreShare(lock_dir=sys.argv[1], cores=8)
+print(share.slot, flush=True)
+time.sleep(60)
+"""
+
+
+def test_workers_on_one_machine_divide_its_cores_among_them(tmp_path: Path) -> None:
+    """Each worker holds a slot lock; the share is the cores over the live holders, so it
+    grows back when a worker exits. --threads overrides it."""
+    import torch
+
+    from lsearch.devices import CoreShare
+
+    own = CoreShare(lock_dir=tmp_path, cores=8)
+    assert own.share() == 8
+    holders = [
+        subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    try:
+        slots = sorted(int(holder.stdout.readline()) for holder in holders)
+        assert slots == [1, 2, 3], "each worker holds its own slot"
+        assert own.workers() == 4 and own.share() == 2
+        holders[0].kill()
+        holders[0].wait()
+        assert own.share() == 2, "8 cores over 3 workers"
+        holders[1].kill()
+        holders[1].wait()
+        assert own.share() == 4
+        before = torch.get_num_threads()
+        try:
+            assert own.refresh() == 4 and torch.get_num_threads() == 4
+        finally:
+            torch.set_num_threads(before)
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+        own.close()
+    fixed = CoreShare(threads=3, lock_dir=tmp_path / "unused")
+    assert fixed.share() == 3 and not (tmp_path / "unused").exists()
+
+
+def test_each_worker_of_workers_w_starts_with_its_share_of_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    share = worker_env(0, [], "sqlite://", count=2)["OMP_NUM_THREADS"]
+    assert share == str(max(1, cores // 2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
+    assert worker_env(0, [], "sqlite://", count=2)["OMP_NUM_THREADS"] == "3"

@@ -1,0 +1,309 @@
+"""`lsearch bench`: how fast a study's trials train here, and how much faster than the
+usual way.
+
+It trains one seed of the study's baseline configuration for a few epochs, exactly as a
+trial does (`train.SeedRun`: uint8 images on the device, index batches, batched
+augmentation, cached validation features of the frozen prefix), and times training and
+evaluation separately, after one warm-up epoch. `--baseline` then trains the same
+configuration the way a typical fine-tuning script does (a torch `Dataset` with per-sample
+torchvision transforms, a `DataLoader`, the whole model in train mode with frozen layers only
+left out of the optimizer, evaluation every epoch) in the same process, on the same data.
+
+Nothing here touches a storage: Optuna and SQLAlchemy are not imported, so the command runs
+on a bare GPU box with only torch, torchvision and lsearch's small dependencies.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from lsearch.data import ImagePool, Split, load_pool, split_for_seed
+from lsearch.devices import describe_device
+from lsearch.errors import UserError
+from lsearch.models import LayeredModel, build_model
+from lsearch.spec import StudySpec
+from lsearch.train import SeedRun, make_optimizer, seed_everything, start_seed_run
+
+# Shapes of the datasets lsearch knows: channels, side, classes.
+SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10)}
+SEARCH_TRIALS = 100
+
+
+@dataclass
+class Speed:
+    """What one way of training measured."""
+
+    train_images_per_s: float
+    eval_images_per_s: float
+    seconds_per_epoch: float
+    peak_memory_mb: float
+
+
+@dataclass
+class BenchResult:
+    device: str
+    study: str
+    model: str
+    image_size: int
+    trainable_layers: int
+    epochs: int
+    train_images: int
+    eval_images: int
+    lsearch: Speed
+    baseline: Speed | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float | None:
+        """lsearch's training images per second over the baseline's."""
+        if self.baseline is None:
+            return None
+        return self.lsearch.train_images_per_s / self.baseline.train_images_per_s
+
+    def search_estimate_s(self, seeds: int, mean_epochs: float) -> float:
+        """A `--trials 100` search at this speed with no trial pruned (an upper bound)."""
+        return SEARCH_TRIALS * seeds * mean_epochs * self.lsearch.seconds_per_epoch
+
+    def to_json(self, seeds: int, mean_epochs: float) -> dict[str, Any]:
+        flat = {**asdict(self.lsearch)}
+        out: dict[str, Any] = {
+            **flat,
+            "device": self.device,
+            "study": self.study,
+            "model": self.model,
+            "image_size": self.image_size,
+            "trainable_layers": self.trainable_layers,
+            "epochs": self.epochs,
+            "train_images": self.train_images,
+            "eval_images": self.eval_images,
+            "search_100_trials_s": self.search_estimate_s(seeds, mean_epochs),
+            "notes": self.notes,
+        }
+        if self.baseline is not None:
+            out["baseline"] = asdict(self.baseline)
+            out["speedup_train"] = self.speedup
+        return out
+
+
+def synthetic_pool(spec: StudySpec, device: torch.device) -> ImagePool:
+    """Random uint8 images and balanced labels of the study's shape and counts."""
+    channels, side, classes = SHAPES[spec.data.dataset]
+    per_class = spec.data.train_per_class + spec.data.val_per_class
+    generator = np.random.default_rng(0)
+    images = generator.integers(0, 256, (per_class * classes, channels, side, side), np.uint8)
+    labels = np.repeat(np.arange(classes), per_class)
+    return ImagePool(
+        images=torch.from_numpy(images).to(device),
+        labels=torch.from_numpy(labels).to(device),
+        num_classes=classes,
+        mean=(0.5,) * channels,
+        std=(0.29,) * channels,
+    )
+
+
+def bench_data(
+    spec: StudySpec, device: torch.device, synthetic: bool
+) -> tuple[StudySpec, ImagePool, list[str]]:
+    """The pool to train on and the spec to build the model from, with notes on what was
+    substituted (random data; random weights where the study's cannot be had offline)."""
+    notes = []
+    if synthetic:
+        pool = synthetic_pool(spec, device)
+        notes.append(f"synthetic data: random images of {spec.data.dataset}'s shape")
+        if spec.model.weights != "none":
+            try:
+                build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
+            except UserError:
+                spec = spec.model_copy(
+                    update={"model": spec.model.model_copy(update={"weights": "none"})}
+                )
+                notes.append(
+                    "randomly initialised weights: the study's weights cannot be had here "
+                    "(the speed is the same)"
+                )
+    else:
+        pool = load_pool(spec.data, device)
+    return spec, pool, notes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # The process's peak resident memory (Linux reports KiB).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed_epochs(
+    epochs: int, device: torch.device, train: Callable[[], Any], evaluate: Callable[[Any], Any]
+) -> tuple[float, float]:
+    """Seconds of training and of evaluation over `epochs` epochs after one warm-up epoch."""
+    evaluate(train())  # warm-up: allocator, cuDNN autotuning, lazy initialisation
+    train_s = eval_s = 0.0
+    for _ in range(epochs):
+        _sync(device)
+        start = time.perf_counter()
+        loss = train()
+        _sync(device)
+        middle = time.perf_counter()
+        evaluate(loss)
+        _sync(device)
+        train_s += middle - start
+        eval_s += time.perf_counter() - middle
+    return train_s, eval_s
+
+
+def _speed(split: Split, epochs: int, seconds: tuple[float, float], device: torch.device) -> Speed:
+    train_s, eval_s = seconds
+    train_images = split.train_labels.shape[0] * epochs
+    eval_images = split.val_labels.shape[0] * epochs
+    return Speed(
+        train_images_per_s=train_images / train_s,
+        eval_images_per_s=eval_images / eval_s,
+        seconds_per_epoch=(train_s + eval_s) / epochs,
+        peak_memory_mb=_peak_memory_mb(device),
+    )
+
+
+def _net(spec: StudySpec, pool: ImagePool, trainable_layers: int) -> LayeredModel:
+    seed_everything(0)
+    net = build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
+    net.freeze(trainable_layers)
+    return net
+
+
+def measure_lsearch(
+    spec: StudySpec, pool: ImagePool, device: torch.device, epochs: int
+) -> tuple[Split, Speed]:
+    """One seed of the baseline configuration, trained as a trial trains it."""
+    base = spec.baseline
+    split = split_for_seed(pool, spec.data, 0)
+    run: SeedRun = start_seed_run(
+        0, _net(spec, pool, base.trainable_layers), split, pool, spec.data, spec.train,
+        base.label_smoothing, base.lr, epochs + 1, device,
+    )  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = _timed_epochs(epochs, device, run.train_epoch, run.evaluate)
+    return split, _speed(split, epochs, seconds, device)
+
+
+def measure_baseline(
+    spec: StudySpec, pool: ImagePool, split: Split, device: torch.device, epochs: int
+) -> Speed:
+    """The same configuration trained the usual way: per-sample transforms in a Dataset, a
+    DataLoader, model.train() on the whole network (frozen BatchNorm statistics drift, as in
+    such scripts), frozen layers only left out of the optimizer, evaluation every epoch."""
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.transforms import v2
+
+    base, data = spec.baseline, spec.data
+    net = _net(spec, pool, base.trainable_layers)
+    trainable = net.trainable_parameters()
+    for param in net.model.parameters():
+        param.requires_grad_(True)  # the usual script freezes by leaving params out
+    model = net.model.to(device)
+    optimizer = make_optimizer(trainable, spec.train, base.lr)
+    size = data.image_size or pool.images.shape[-1]
+    channels = net.in_channels
+    steps: list[Any] = []
+    if data.augment.crop_padding:
+        steps.append(v2.RandomCrop(pool.images.shape[-1], padding=data.augment.crop_padding))
+    if data.augment.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    tail = [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Resize((size, size), antialias=False),
+        v2.Normalize(list(pool.mean), list(pool.std)),
+    ]
+    if pool.images.shape[1] != channels:
+        tail.append(v2.Lambda(lambda x: x.expand(channels, -1, -1)))
+    train_transform, eval_transform = v2.Compose(steps + tail), v2.Compose(tail)
+
+    class Images(Dataset):
+        def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Any) -> None:
+            self.images, self.labels, self.transform = images.cpu(), labels.cpu(), transform
+
+        def __len__(self) -> int:
+            return len(self.labels)
+
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.transform(self.images[index]), self.labels[index]
+
+    pin = device.type == "cuda"
+    train_loader = DataLoader(
+        Images(split.train_images, split.train_labels, train_transform),
+        batch_size=spec.train.batch_size, shuffle=True, pin_memory=pin, drop_last=False,
+    )  # fmt: skip
+    val_loader = DataLoader(
+        Images(split.val_images, split.val_labels, eval_transform),
+        batch_size=spec.train.eval_batch_size, shuffle=False, pin_memory=pin,
+    )  # fmt: skip
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=base.label_smoothing)
+
+    def train() -> float:
+        model.train()
+        total = 0.0
+        for x, y in train_loader:
+            x, y = x.to(device), y.to(device)
+            if x.shape[0] < 2:
+                continue  # BatchNorm cannot train on one image
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()  # the usual per-batch sync
+        return total
+
+    def evaluate(_: Any) -> float:
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for x, y in val_loader:
+                correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+        return correct
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = _timed_epochs(epochs, device, train, evaluate)
+    return _speed(split, epochs, seconds, device)
+
+
+def bench(
+    spec: StudySpec, device: torch.device, epochs: int, synthetic: bool, baseline: bool
+) -> BenchResult:
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1 (got {epochs})")
+    spec, pool, notes = bench_data(spec, device, synthetic)
+    split, speed = measure_lsearch(spec, pool, device, epochs)
+    result = BenchResult(
+        device=describe_device(device),
+        study=spec.name,
+        model=spec.model.name,
+        image_size=spec.data.image_size or int(pool.images.shape[-1]),
+        trainable_layers=spec.baseline.trainable_layers,
+        epochs=epochs,
+        train_images=int(split.train_labels.shape[0]),
+        eval_images=int(split.val_labels.shape[0]),
+        lsearch=speed,
+        notes=notes,
+    )
+    if baseline:
+        result.baseline = measure_baseline(spec, pool, split, device, epochs)
+    return result
+
+
+def mean_epochs(spec: StudySpec) -> float:
+    low, high = spec.space.epochs.bounds()
+    return (low + high) / 2
