@@ -801,6 +801,85 @@ def report(
         err.print(f"wrote {len(written)} {image_format} files to {target}/", highlight=False)
 
 
+@app.command()
+@user_errors
+def bench(
+    study: Annotated[
+        str,
+        typer.Option(
+            "--study", help="Study file: a path, or a bundled name (digits, cifar10-resnet18)"
+        ),
+    ] = "digits",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a study-file value: key=value, dotted, repeatable"),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs to time (after one warm-up epoch)")] = 3,
+    device: DeviceOption = "auto",
+    synthetic: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic",
+            help="Random data of the study's shape, and random weights where the study's "
+            "cannot be had offline: runs anywhere with no files and no network",
+        ),
+    ] = False,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline",
+            help="Also train the usual way (Dataset, per-sample transforms, DataLoader) and "
+            "print lsearch's speed-up over it",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Time one seed of the study's [baseline] configuration as a trial trains it: images
+    per second for training and evaluation, seconds per epoch, peak memory, and what a
+    --trials 100 search would take. Needs no storage."""
+    from lsearch import bench as benchmark
+    from lsearch.devices import resolve_device, set_determinism
+    from lsearch.spec import load_spec
+
+    spec = load_spec(study, list(set_ or []))
+    chosen = resolve_device(device)
+    set_determinism(chosen, spec.train.deterministic)
+    if not as_json:
+        err.print(
+            f"timing {spec.name} ({spec.model.name}) on {benchmark.describe_device(chosen)}: "
+            f"{epochs} epochs after a warm-up" + (", then the usual way" if baseline else ""),
+            highlight=False,
+        )
+    result = benchmark.bench(spec, chosen, epochs, synthetic, baseline)
+    seeds, mean_epochs = len(spec.seeds), benchmark.mean_epochs(spec)
+    if as_json:
+        out.print_json(json.dumps(result.to_json(seeds, mean_epochs), allow_nan=False))
+        return
+    table = Table(title=f"{result.study}: {result.model} at {result.image_size} px, "
+                  f"{result.trainable_layers} trainable layer groups, {result.device}")  # fmt: skip
+    for column in ("", "train img/s", "eval img/s", "s/epoch", "peak MB"):
+        table.add_column(column, justify="right")
+    rows = [("lsearch", result.lsearch)]
+    if result.baseline is not None:
+        rows.append(("usual way", result.baseline))
+    for label, speed in rows:
+        table.add_row(
+            label, f"{speed.train_images_per_s:,.0f}", f"{speed.eval_images_per_s:,.0f}",
+            f"{speed.seconds_per_epoch:.3f}", f"{speed.peak_memory_mb:,.0f}",
+        )  # fmt: skip
+    out.print(table)
+    if result.speedup is not None:
+        out.print(f"lsearch trains {result.speedup:.1f}x the images per second of the usual way")
+    minutes = result.search_estimate_s(seeds, mean_epochs) / 60
+    out.print(
+        f"a --trials 100 search ({seeds} seeds, {mean_epochs:g} epochs on average) would take "
+        f"at most {minutes:,.1f} min here with no trial pruned",
+        highlight=False,
+    )
+    for note in result.notes:
+        err.print(f"note: {note}", highlight=False)
+
+
 def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"

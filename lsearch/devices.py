@@ -112,17 +112,22 @@ def resolve_device(name: str) -> torch.device:
         )
     device = torch.device("cuda", device.index if device.index is not None else 0)
     torch.cuda.set_device(device)
-    prefer_determinism()
+    set_determinism(device, True)
     return device
 
 
-def prefer_determinism() -> None:
-    """Deterministic cuDNN convolutions and cuBLAS workspaces, so a rerun repeats its numbers.
-    A few CUDA kernels (the average-pool backward in ResNet among them) add with atomics
-    and may still differ in the last bits between runs."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+def set_determinism(device: torch.device, deterministic: bool) -> None:
+    """On CUDA, deterministic cuDNN convolutions and cuBLAS workspaces, so a rerun repeats
+    its numbers (`train.deterministic`, the default); or cuDNN autotuning, which picks the
+    fastest kernels for each shape and gives up bit-exact reruns. A few CUDA kernels (the
+    average-pool backward in ResNet among them) add with atomics and may still differ in the
+    last bits between runs. The CPU's kernels are deterministic either way."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
 
 
 @functools.cache

@@ -15,11 +15,10 @@ import signal
 import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import optuna
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+if TYPE_CHECKING:  # the training loop imports this module; `lsearch bench` runs without Optuna
+    import optuna
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "timeout": 0}
 
@@ -100,6 +99,10 @@ def hand_back(study: optuna.Study, trial_id: int) -> int | None:
 
     During an outage each write here waits at most storage.STOP_WRITE_TIMEOUT_S, since a stop
     has been requested: a worker always stops."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
     storage = study._storage
     try:
         storage.set_trial_state_values(trial_id, TrialState.FAIL)

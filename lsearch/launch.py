@@ -12,7 +12,7 @@ import torch
 
 from lsearch.checkpoint import Checkpoints, RetryOrDiscardCheckpoint, open_artifact_store
 from lsearch.data import ImagePool, load_pool
-from lsearch.devices import CoreShare, describe_device, resolve_device
+from lsearch.devices import CoreShare, describe_device, resolve_device, set_determinism
 from lsearch.errors import UserError
 from lsearch.liveness import StaleTrialSweeper
 from lsearch.models import build_model, layer_group_count
@@ -55,6 +55,7 @@ def check_and_load(
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be at least 1 (got {threads})")
     device = resolve_device(device_name)
+    set_determinism(device, spec.train.deterministic)
     check_trainable_layers(spec)
     pool = load_pool(spec.data, device if trains else torch.device("cpu"))
     # Load the weights once now, so a bad weights file fails before the storage is touched.

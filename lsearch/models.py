@@ -8,7 +8,10 @@ in eval mode, so their running statistics stay those of the pretrained network.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +21,48 @@ from torch import nn
 from lsearch.errors import UserError
 from lsearch.spec import Model
 
+Stage = Callable[[torch.Tensor], torch.Tensor]
+
 
 @dataclass
 class LayeredModel:
+    """A model cut into layer groups. `stages` run the model's forward pass group by group,
+    from the stem to the head (stages[i] computes groups[-1 - i]), so that the frozen prefix
+    can run apart from the trainable suffix: `suffix(prefix(x)) == model(x)`."""
+
     model: nn.Module
     groups: list[nn.Module]  # groups[0] is the head; the last is the stem
     in_channels: int
+    stages: list[Stage]
     trainable_layers: int = 0  # 0 until freeze(): every group trains
+
+    @property
+    def frozen_stages(self) -> int:
+        return len(self.stages) - self.trainable_layers if self.trainable_layers else 0
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen groups' output: no autograd graph (they never change), eval mode."""
+        with torch.no_grad():
+            for stage in self.stages[: self.frozen_stages]:
+                x = stage(x)
+        return x
+
+    def suffix(self, features: torch.Tensor) -> torch.Tensor:
+        """The trainable groups, from the frozen prefix's output to the logits."""
+        for stage in self.stages[self.frozen_stages :]:
+            features = stage(features)
+        return features
+
+    def frozen_key(self) -> frozenset[int]:
+        """Which tensors the frozen prefix is made of (identity, for checkpoints)."""
+        frozen = self.groups[self.trainable_layers :] if self.trainable_layers else []
+        return frozenset(id(t) for group in frozen for t in [*group.parameters(), *group.buffers()])
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The state dict less the frozen groups, which are rebuilt from the weights."""
+        frozen = self.frozen_key()
+        state = self.model.state_dict(keep_vars=True)
+        return {k: v.detach() for k, v in state.items() if id(v) not in frozen}
 
     def freeze(self, trainable_layers: int) -> None:
         """Let exactly the first `trainable_layers` groups (from the head) train."""
@@ -78,8 +116,25 @@ class SmallCNN(nn.Module):
         self.block3 = nn.Sequential(block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1))
         self.head = nn.Linear(4 * width, num_classes)
 
+    def stages(self) -> list[Stage]:
+        return [self.block1, self.block2, self.block3, lambda h: self.head(h.flatten(1))]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block3(self.block2(self.block1(x))).flatten(1))
+        for stage in self.stages():
+            x = stage(x)
+        return x
+
+
+def resnet_stages(net: nn.Module) -> list[Stage]:
+    """torchvision's ResNet.forward, cut at its layer groups."""
+
+    def stem(x: torch.Tensor) -> torch.Tensor:
+        return net.maxpool(net.relu(net.bn1(net.conv1(x))))
+
+    def head(h: torch.Tensor) -> torch.Tensor:
+        return net.fc(torch.flatten(net.avgpool(h), 1))
+
+    return [stem, net.layer1, net.layer2, net.layer3, net.layer4, head]
 
 
 @functools.lru_cache(maxsize=4)
@@ -89,7 +144,9 @@ def load_state_dict(weights: str) -> dict[str, torch.Tensor]:
         from torchvision.models import ResNet18_Weights
 
         try:
-            return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+            # torch.hub announces a download on stdout, where --json output goes.
+            with contextlib.redirect_stdout(sys.stderr):
+                return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
         except Exception as exc:  # no network: URLError, OSError, ...
             raise UserError(
                 f"could not fetch torchvision's ImageNet ResNet-18 weights ({type(exc).__name__}: "
@@ -138,6 +195,7 @@ def build_model(spec: Model, in_channels: int, num_classes: int, seed: int) -> L
         if spec.name == "small_cnn":
             net = SmallCNN(in_channels, num_classes, spec.width)
             groups: list[nn.Module] = [net.head, net.block3, net.block2, net.block1]
+            stages = net.stages()
             head = "head"
         else:
             from torchvision.models import resnet18
@@ -146,10 +204,11 @@ def build_model(spec: Model, in_channels: int, num_classes: int, seed: int) -> L
             in_channels = 3
             stem = nn.ModuleList([net.conv1, net.bn1])
             groups = [net.fc, net.layer4, net.layer3, net.layer2, net.layer1, stem]
+            stages = resnet_stages(net)
             head = "fc"
     if state is not None:
         _load_backbone(net, state, head)
-    return LayeredModel(net, groups, in_channels)
+    return LayeredModel(net, groups, in_channels, stages)
 
 
 def layer_group_count(spec: Model) -> int:

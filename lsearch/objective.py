@@ -42,6 +42,7 @@ from lsearch.search import check_new
 from lsearch.spec import Param, Space, StudySpec
 from lsearch.train import (
     EpochMetrics,
+    FeatureCache,
     NonFiniteLossError,
     SeedRun,
     seed_everything,
@@ -178,6 +179,7 @@ class Objective:
         self.cores = cores  # re-divided before each trial, as workers come and go
         self.prunes = len(spec.objective.directions) == 1 and spec.pruner.type != "none"
         self._splits: dict[int, Split] = {}
+        self.features = FeatureCache()
 
     def split(self, seed: int) -> Split:
         if seed not in self._splits:
@@ -188,7 +190,7 @@ class Objective:
         seed_everything(seed)
         net = build_model(self.spec.model, self.pool.images.shape[1], self.pool.num_classes, seed)
         net.freeze(config.trainable_layers)
-        return start_seed_run(
+        run = start_seed_run(
             seed,
             net,
             self.split(seed),
@@ -200,6 +202,9 @@ class Objective:
             config.epochs,
             self.device,
         )
+        # Same seed, same split, same frozen prefix: the same validation features.
+        run.features, run.features_key = self.features, (seed, config.trainable_layers)
+        return run
 
     def chosen_epoch(self, progress: Progress, epoch: int) -> int:
         """The epoch whose metrics stand for a trial that has run `epoch` epochs: the best by

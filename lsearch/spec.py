@@ -174,6 +174,9 @@ class Train(_Frozen):
     patience: int | None = Field(10, ge=1)  # epochs without a better mean val acc
     schedule: Literal["constant", "cosine"] = "constant"
     smoothing: Literal["uniform", "others"] = "uniform"
+    # Bit-exact reruns and resumes on CUDA (deterministic cuDNN and cuBLAS). false: cuDNN
+    # picks the fastest kernels (autotuning), and a resumed trial may differ in the last bits.
+    deterministic: bool = True
 
 
 class Objective(_Frozen):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,36 @@ class EpochMetrics:
     val_ece: float
 
 
+FEATURE_CACHE_BYTES = 1 << 30
+
+
+class FeatureCache:
+    """The frozen prefix's features of validation images, computed once and reused: by
+    every epoch of a seed run, and by later trials of the same process that share the seed
+    and `trainable_layers` (same frozen prefix, same images). Least recently used entries
+    go first once the total passes `budget_bytes` (1 GiB); a tensor larger than the budget
+    is not kept, and its seed run computes the features every epoch as before."""
+
+    def __init__(self, budget_bytes: int = FEATURE_CACHE_BYTES) -> None:
+        self.budget_bytes = budget_bytes
+        self._items: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: Hashable, features: torch.Tensor) -> bool:
+        size = features.numel() * features.element_size()
+        if size > self.budget_bytes:
+            return False
+        self._items[key] = features
+        while sum(t.numel() * t.element_size() for t in self._items.values()) > self.budget_bytes:
+            self._items.popitem(last=False)
+        return True
+
+
 @dataclass
 class SeedRun:
     """Everything one seed trains with; `train_epoch` and `evaluate` advance and measure it."""
@@ -79,6 +111,9 @@ class SeedRun:
     generator: torch.Generator
     device: torch.device
     scaler: torch.amp.GradScaler | None = None
+    # Where the validation images' frozen-prefix features are kept, and under which key.
+    features: FeatureCache = field(default_factory=FeatureCache)
+    features_key: Hashable = "val"
     mean: torch.Tensor = field(init=False)
     std: torch.Tensor = field(init=False)
 
@@ -122,8 +157,9 @@ class SeedRun:
             index = order[start : start + batch]
             x = self._inputs(images[index], augment=True)
             with self._autocast():
+                logits = self.net.suffix(self.net.prefix(x))
                 loss = smoothed_cross_entropy(
-                    self.net.model(x), labels[index], self.epsilon, self.train.smoothing
+                    logits, labels[index], self.epsilon, self.train.smoothing
                 )
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -143,8 +179,9 @@ class SeedRun:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run bit for bit after the current epoch."""
+        # Frozen groups are left out: they are rebuilt, bit for bit, from the weights.
         return {
-            "model": self.net.model.state_dict(),
+            "model": self.net.trainable_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -152,7 +189,7 @@ class SeedRun:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.model.load_state_dict(state["model"])
+        self._load_trainable(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -160,31 +197,63 @@ class SeedRun:
             self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"].cpu())
 
+    def _chunks(self, count: int) -> list[slice]:
+        size = self.train.eval_batch_size
+        return [slice(start, start + size) for start in range(0, count, size)]
+
+    def val_features(self) -> torch.Tensor:
+        """The frozen prefix's output for the validation images: never augmented, and the
+        prefix never changes, so it is computed once (see FeatureCache)."""
+        found = self.features.get(self.features_key)
+        if found is not None:
+            return found
+        images = self.split.val_images
+        chunks = []
+        for part in self._chunks(images.shape[0]):
+            with self._autocast():
+                chunks.append(self.net.prefix(self._inputs(images[part], augment=False)))
+        features = torch.cat(chunks)
+        self.features.put(self.features_key, features)
+        return features
+
     @torch.inference_mode()
     def predict(self, images: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (float32, on the device) of the validation images, or of `images`."""
+        """Logits (float32, on the device) of the validation images (from their cached
+        frozen-prefix features), or of `images` (through the whole model)."""
         self.net.model.eval()
-        images = self.split.val_images if images is None else images
-        chunks = []
-        for start in range(0, images.shape[0], self.train.eval_batch_size):
-            x = self._inputs(images[start : start + self.train.eval_batch_size], augment=False)
-            with self._autocast():
-                chunks.append(self.net.model(x).float())
-        return torch.cat(chunks)
+        logits = []
+        if images is None:
+            features = self.val_features()
+            for part in self._chunks(features.shape[0]):
+                with self._autocast():
+                    logits.append(self.net.suffix(features[part]).float())
+        else:
+            for part in self._chunks(images.shape[0]):
+                x = self._inputs(images[part], augment=False)
+                with self._autocast():
+                    logits.append(self.net.suffix(self.net.prefix(x)).float())
+        return torch.cat(logits)
+
+    def _load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        result = self.net.model.load_state_dict(state, strict=False)
+        frozen = set(self.net.model.state_dict()) - set(self.net.trainable_state())
+        if result.unexpected_keys or set(result.missing_keys) - frozen:
+            raise ValueError(f"checkpoint does not fit the model: {result}")
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """A copy of the model's weights as they are now (kept for a later test evaluation)."""
-        return {k: v.detach().clone() for k, v in self.net.model.state_dict().items()}
+        """A copy of the trainable groups' weights as they are now (kept for a later test
+        evaluation; the frozen groups never change)."""
+        return {k: v.clone() for k, v in self.net.trainable_state().items()}
 
     def predict_with(self, weights: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         """Logits of `images` under other weights (say, the chosen epoch's); the model's own
         weights are put back afterwards, so training continues undisturbed."""
         current = self.weights()
-        self.net.model.load_state_dict(weights)
+        self._load_trainable(weights)
         try:
             return self.predict(images)
         finally:
-            self.net.model.load_state_dict(current)
+            self._load_trainable(current)
 
     def evaluate(self, train_loss: float) -> tuple[EpochMetrics, torch.Tensor]:
         logits = self.predict()

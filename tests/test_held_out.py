@@ -78,7 +78,7 @@ def test_the_search_never_reads_or_evaluates_the_test_set(monkeypatch: pytest.Mo
     monkeypatch.setattr(data_module, "load_test_set", forbidden)
     monkeypatch.setattr(evaluation, "held_out_metrics", forbidden)
     monkeypatch.setattr(objective_module, "held_out_metrics", forbidden)
-    spec = tiny_spec(space={"label_smoothing": [0.0, 0.2], "epochs": 2})
+    spec = tiny_spec(space={"label_smoothing": [0.0, 0.1, 0.2], "epochs": 2})
     pool = load_pool(spec.data, CPU)
     study = optuna.create_study(direction="maximize", sampler=build_sampler(spec))
     run_until(study, Objective(spec, pool, CPU), 3)
@@ -89,7 +89,8 @@ def test_the_search_never_reads_or_evaluates_the_test_set(monkeypatch: pytest.Mo
 
 def test_a_pruned_trials_value_is_its_val_acc_attr() -> None:
     spec = tiny_spec(
-        space={"lr": [1e-5, 3e-2], "epochs": 4},
+        # 16 configurations for 8 trials: lsearch never trains one twice.
+        space={"lr": [1e-5, 3e-2], "epochs": 4, "label_smoothing": [i / 20 for i in range(8)]},
         pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
         sampler={"type": "random", "seed": 3},
         seeds=[0],

@@ -1,0 +1,175 @@
+"""The fast paths give the numbers of the plain ones: the frozen prefix run apart, cached
+validation features, checkpoints without frozen groups; and `lsearch bench` works offline,
+without Optuna, on the CPU. Correctness only: speed is what `lsearch bench` measures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lsearch.bench import bench, mean_epochs, synthetic_pool
+from lsearch.data import load_pool, split_for_seed
+from lsearch.models import build_model
+from lsearch.spec import StudySpec, load_spec
+from lsearch.train import FeatureCache, SeedRun, start_seed_run
+
+CPU = torch.device("cpu")
+
+
+def tiny_spec(**changes: dict) -> StudySpec:
+    raw = {
+        "name": "tiny",
+        "seeds": [0],
+        "data": {"dataset": "digits", "train_per_class": 15, "val_per_class": 15},
+        "model": {"name": "small_cnn", "width": 8},
+        "train": {"batch_size": 32, "eval_batch_size": 64},
+        "baseline": {"epochs": 3, "trainable_layers": 2, "lr": 3e-3},
+        "checkpoint": {"enabled": False},
+    }
+    for table, values in changes.items():
+        raw[table] = {**raw.get(table, {}), **values}
+    return StudySpec.model_validate(raw)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_prefix_then_suffix_is_the_whole_model(name: str) -> None:
+    spec = tiny_spec(model={"name": name})
+    net = build_model(spec.model, 3, 10, seed=0)
+    x = torch.randn(4, 3, 32, 32)
+    net.model.eval()
+    whole = net.model(x)
+    for trainable in range(1, len(net.groups) + 1):
+        net.freeze(trainable)
+        assert net.frozen_stages == len(net.groups) - trainable
+        torch.testing.assert_close(net.suffix(net.prefix(x)), whole, rtol=0, atol=0)
+
+
+def seed_run(spec: StudySpec, cache: FeatureCache | None = None) -> SeedRun:
+    pool = load_pool(spec.data, CPU)
+    net = build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
+    net.freeze(spec.baseline.trainable_layers)
+    base = spec.baseline
+    run = start_seed_run(
+        0, net, split_for_seed(pool, spec.data, 0), pool, spec.data, spec.train,
+        base.label_smoothing, base.lr, base.epochs, CPU,
+    )  # fmt: skip
+    if cache is not None:
+        run.features, run.features_key = cache, (0, base.trainable_layers)
+    return run
+
+
+@pytest.mark.parametrize("trainable", [1, 2, 4])
+def test_cached_validation_features_give_the_uncached_logits(trainable: int) -> None:
+    run = seed_run(tiny_spec(baseline={"trainable_layers": trainable}))
+    for _ in range(2):
+        run.train_epoch()
+        cached = run.predict()
+        uncached = run.predict(run.split.val_images)
+        torch.testing.assert_close(cached, uncached)
+        torch.testing.assert_close(
+            run.net.model.eval()(run._inputs(run.split.val_images, augment=False)), cached
+        )
+    assert run.features.get("val") is not None, "computed once, then kept"
+
+
+def test_frozen_groups_and_their_batchnorm_statistics_never_change() -> None:
+    run = seed_run(tiny_spec(baseline={"trainable_layers": 2}))
+    frozen = run.net.groups[2:]
+    before = [{k: v.clone() for k, v in g.state_dict().items()} for g in frozen]
+    head_before = {k: v.clone() for k, v in run.net.groups[0].state_dict().items()}
+    for _ in range(3):
+        run.evaluate(run.train_epoch())
+    for group, saved in zip(frozen, before, strict=True):
+        for key, value in group.state_dict().items():
+            assert torch.equal(value, saved[key]), key  # running_mean/var included
+    assert any(
+        not torch.equal(v, head_before[k]) for k, v in run.net.groups[0].state_dict().items()
+    ), "the trainable head did train"
+
+
+def test_a_checkpoint_leaves_frozen_groups_out_and_resumes_to_the_same_numbers() -> None:
+    spec = tiny_spec(baseline={"trainable_layers": 2})
+    straight = seed_run(spec)
+    for _ in range(3):
+        straight.train_epoch()
+    interrupted = seed_run(spec)
+    interrupted.train_epoch()
+    state = interrupted.state_dict()
+    frozen_keys = {f"block1.{k}" for k in interrupted.net.groups[3].state_dict()}
+    assert frozen_keys and not frozen_keys & set(state["model"])
+    resumed = seed_run(spec)
+    resumed.load_state_dict(state)
+    for _ in range(2):
+        resumed.train_epoch()
+    torch.testing.assert_close(resumed.predict(), straight.predict(), rtol=0, atol=0)
+
+
+def test_a_process_reuses_features_across_trials_within_its_budget() -> None:
+    spec = tiny_spec(baseline={"trainable_layers": 1})
+    cache = FeatureCache()
+    first = seed_run(spec, cache)
+    first.predict()
+    second = seed_run(spec, cache)  # a later trial: same seed, same frozen prefix
+    assert second.val_features() is first.val_features()
+    small = FeatureCache(budget_bytes=1000)
+    assert not small.put("big", torch.zeros(1000))
+    assert small.put("a", torch.zeros(100)) and small.put("b", torch.zeros(100))
+    assert small.put("c", torch.zeros(100)) and small.get("a") is None  # least recent out
+    assert small.get("b") is not None and small.get("c") is not None
+
+
+def test_bench_times_lsearch_and_the_usual_way_on_the_cpu() -> None:
+    spec = tiny_spec()
+    result = bench(spec, CPU, epochs=1, synthetic=False, baseline=True)
+    assert result.baseline is not None and result.speedup is not None and result.speedup > 0
+    assert result.train_images == 150 and result.eval_images == 150
+    out = result.to_json(len(spec.seeds), mean_epochs(spec))
+    for key in ("train_images_per_s", "eval_images_per_s", "seconds_per_epoch",
+                "peak_memory_mb", "device", "speedup_train", "search_100_trials_s"):  # fmt: skip
+        assert key in out, key
+    assert out["device"] == "cpu"
+    json.dumps(out, allow_nan=False)
+
+
+def test_synthetic_data_has_the_study_s_shape() -> None:
+    spec = load_spec("cifar10-resnet18", ["data.train_per_class=2", "data.val_per_class=3"])
+    pool = synthetic_pool(spec, CPU)
+    assert pool.images.shape == (50, 3, 32, 32) and pool.images.dtype == torch.uint8
+    assert torch.bincount(pool.labels).tolist() == [5] * 10
+
+
+BARE = """
+import sys
+# A bare GPU box: no Optuna, no SQLAlchemy, no network, no CIFAR-10 files.
+for name in ("optuna", "sqlalchemy", "optuna_dashboard"):
+    sys.modules[name] = None
+import socket
+def no_network(*args, **kwargs):
+    raise OSError("no network")
+socket.socket.connect = no_network
+from lsearch.cli import app
+app(sys.argv[1:])
+"""
+
+
+def test_bench_json_runs_synthetic_without_files_network_or_optuna(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", BARE, "bench", "--study", "cifar10-resnet18", "--synthetic",
+         "--json", "--epochs", "1", "--device", "cpu", "--set", "data.train_per_class=4",
+         "--set", "data.val_per_class=4", "--set", "data.image_size=32"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "torch")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    for key in ("train_images_per_s", "eval_images_per_s", "seconds_per_epoch",
+                "peak_memory_mb", "device"):  # fmt: skip
+        assert key in out, key
+    assert out["device"] == "cpu" and out["model"] == "resnet18" and out["image_size"] == 32
+    assert any("randomly initialised weights" in note for note in out["notes"])
+    assert any("synthetic data" in note for note in out["notes"])
+    assert not list(tmp_path.glob("*.db")), "bench needs no storage"
