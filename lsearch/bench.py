@@ -307,3 +307,98 @@ def bench(
 def mean_epochs(spec: StudySpec) -> float:
     low, high = spec.space.epochs.bounds()
     return (low + high) / 2
+
+
+@dataclass
+class SearchRun:
+    """One search of `bench --search`."""
+
+    sampler_seed: int
+    pruned: bool
+    seed_epochs: int  # epochs trained, summed over trials and seeds
+    wall_s: float
+    best_value: float
+    pruned_trials: int
+
+
+def run_search(
+    spec: StudySpec, pool: ImagePool, device: torch.device, trials: int, sampler_seed: int,
+    prune: bool,
+) -> SearchRun:  # fmt: skip
+    """One search in memory, as `lsearch run --trials N` runs it, with the study's pruner or
+    with none."""
+    import optuna
+
+    from lsearch.objective import Objective
+    from lsearch.search import build_pruner, build_sampler, run_until
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if not prune:
+        spec = spec.model_copy(update={"pruner": spec.pruner.model_copy(update={"type": "none"})})
+    study = optuna.create_study(
+        directions=spec.objective.directions,
+        sampler=build_sampler(spec, sampler_seed),
+        pruner=build_pruner(spec),
+    )
+    started = time.perf_counter()
+    run_until(study, Objective(spec, pool, device), trials)
+    wall = time.perf_counter() - started
+    finished = study.get_trials(deepcopy=False)
+    seed_epochs = sum(
+        int(t.user_attrs.get("epochs_trained", 0)) * len(t.user_attrs.get("seeds", []))
+        for t in finished
+    )
+    return SearchRun(
+        sampler_seed=sampler_seed,
+        pruned=prune,
+        seed_epochs=seed_epochs,
+        wall_s=wall,
+        best_value=float(study.best_value),
+        pruned_trials=sum(t.state.name == "PRUNED" for t in finished),
+    )
+
+
+def bench_search(
+    spec: StudySpec,
+    device: torch.device,
+    trials: int,
+    sampler_seeds: int,
+    on_run: Callable[[SearchRun], None] | None = None,
+) -> list[SearchRun]:
+    """The study's search with its pruner and with none, over `sampler_seeds` sampler seeds
+    (one search against one search is noise)."""
+    if len(spec.objective.directions) != 1:
+        raise UserError("bench --search needs a single-objective study (pruning needs one)")
+    pool = load_pool(spec.data, device)
+    runs = []
+    for seed in range(sampler_seeds):
+        for prune in (True, False):
+            runs.append(run_search(spec, pool, device, trials, seed, prune))
+            if on_run is not None:
+                on_run(runs[-1])
+    return runs
+
+
+def summarise_search(runs: list[SearchRun]) -> dict[str, Any]:
+    """Medians and ranges of each arm, and the pruned arm's share of the unpruned work and
+    its best value's difference, per sampler seed (paired) and in the median."""
+
+    def arm(pruned: bool) -> list[SearchRun]:
+        return [run for run in runs if run.pruned == pruned]
+
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"median": float(np.median(values)), "min": min(values), "max": max(values)}
+
+    out: dict[str, Any] = {}
+    for name, pruned in (("pruned", True), ("unpruned", False)):
+        chosen = arm(pruned)
+        out[name] = {
+            "seed_epochs": stats([float(r.seed_epochs) for r in chosen]),
+            "wall_s": stats([r.wall_s for r in chosen]),
+            "best_value": stats([r.best_value for r in chosen]),
+        }
+    pairs = list(zip(arm(True), arm(False), strict=True))
+    out["work_share"] = stats([p.seed_epochs / u.seed_epochs for p, u in pairs])
+    out["best_value_difference"] = stats([p.best_value - u.best_value for p, u in pairs])
+    out["sampler_seeds"] = len(pairs)
+    return out

@@ -8,6 +8,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -832,11 +833,23 @@ def bench(
             "print lsearch's speed-up over it",
         ),
     ] = False,
+    search: Annotated[
+        bool,
+        typer.Option(
+            "--search",
+            help="Instead, run the study's search with its pruner and with none, over several "
+            "sampler seeds, and compare the work and the best values (in memory)",
+        ),
+    ] = False,
+    trials: Annotated[int, typer.Option(help="Trials per search, with --search")] = 100,
+    sampler_seeds: Annotated[
+        int, typer.Option(help="Sampler seeds (searches per arm), with --search")
+    ] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Time one seed of the study's [baseline] configuration as a trial trains it: images
     per second for training and evaluation, seconds per epoch, peak memory, and what a
-    --trials 100 search would take. Needs no storage."""
+    --trials 100 search would take. Needs no storage (and, but for --search, no Optuna)."""
     from lsearch import bench as benchmark
     from lsearch.devices import resolve_device, set_determinism
     from lsearch.spec import load_spec
@@ -844,6 +857,9 @@ def bench(
     spec = load_spec(study, list(set_ or []))
     chosen = resolve_device(device)
     set_determinism(chosen, spec.train.deterministic)
+    if search:
+        _bench_search(spec, chosen, trials, sampler_seeds, as_json)
+        return
     if not as_json:
         err.print(
             f"timing {spec.name} ({spec.model.name}) on {benchmark.describe_device(chosen)}: "
@@ -878,6 +894,54 @@ def bench(
     )
     for note in result.notes:
         err.print(f"note: {note}", highlight=False)
+
+
+def _bench_search(spec: Any, device: Any, trials: int, sampler_seeds: int, as_json: bool) -> None:
+    from lsearch import bench as benchmark
+
+    if trials < 1 or sampler_seeds < 1:
+        raise UserError("--trials and --sampler-seeds must be at least 1")
+    quiet_libraries()
+    if not as_json:
+        err.print(
+            f"{sampler_seeds} sampler seeds x (pruned, unpruned) searches of {trials} trials "
+            f"of {spec.name} on {benchmark.describe_device(device)}",
+            highlight=False,
+        )
+
+    def on_run(run: Any) -> None:
+        if not as_json:
+            err.print(
+                f"  sampler seed {run.sampler_seed}, {'pruned' if run.pruned else 'unpruned'}: "
+                f"{run.seed_epochs} seed-epochs, {run.wall_s:.0f} s, best {run.best_value:.4f}",
+                highlight=False,
+            )
+
+    runs = benchmark.bench_search(spec, device, trials, sampler_seeds, on_run)
+    summary = benchmark.summarise_search(runs)
+    if as_json:
+        summary["runs"] = [asdict(run) for run in runs]
+        out.print_json(json.dumps(summary, allow_nan=False))
+        return
+    table = Table(title=f"{spec.name}: {trials} trials, median \\[min, max] over "
+                  f"{sampler_seeds} sampler seeds")  # fmt: skip
+    for column in ("", "seed-epochs", "wall s", "best value"):
+        table.add_column(column, justify="right")
+    for arm in ("pruned", "unpruned"):
+        row = summary[arm]
+        table.add_row(arm, *(
+            f"{row[k]['median']:{fmt}} [{row[k]['min']:{fmt}}, {row[k]['max']:{fmt}}]"
+            for k, fmt in (("seed_epochs", ",.0f"), ("wall_s", ".0f"), ("best_value", ".4f"))
+        ))  # fmt: skip
+    out.print(table)
+    share, diff = summary["work_share"], summary["best_value_difference"]
+    out.print(
+        f"pruning trained {share['median']:.0%} of the unpruned seed-epochs "
+        f"[{share['min']:.0%}, {share['max']:.0%}]; best value pruned minus unpruned "
+        f"{diff['median'] * 100:+.2f} pp [{diff['min'] * 100:+.2f}, {diff['max'] * 100:+.2f}], "
+        "paired by sampler seed",
+        highlight=False,
+    )
 
 
 def _show(value: Any) -> str:

@@ -35,6 +35,7 @@ from sqlalchemy.exc import (
     InterfaceError,
     NoSuchModuleError,
     OperationalError,
+    PendingRollbackError,
     ProgrammingError,
     SQLAlchemyError,
 )
@@ -106,8 +107,8 @@ def engine_kwargs(url: URL) -> dict[str, Any]:
 def is_transient(exc: BaseException) -> bool:
     """A lost or refused connection (worth waiting out), as opposed to a bad query."""
     cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
-    if isinstance(cause, OperationalError | InterfaceError):
-        return True
+    if isinstance(cause, OperationalError | InterfaceError | PendingRollbackError):
+        return True  # (a session whose transaction the lost connection broke: see _reset)
     return isinstance(cause, DBAPIError) and cause.connection_invalidated
 
 
@@ -383,4 +384,10 @@ def open_storage(
         ) from None
     # Optuna's cache of finished trials, as optuna.create_study(storage=url) would use.
     cached = optuna.storages.get_storage(rdb)
-    return ResilientStorage(cached, reconnect_timeout, rdb.engine.dispose, max_delay)
+    def reset() -> None:
+        # This thread's session holds the transaction the lost connection broke, and the pool
+        # holds connections to the old server: drop both, so the next attempt starts afresh.
+        rdb.remove_session()
+        rdb.engine.dispose()
+
+    return ResilientStorage(cached, reconnect_timeout, reset, max_delay)

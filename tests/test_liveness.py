@@ -344,3 +344,33 @@ def test_workers_are_numbered_by_the_storage_per_study_and_hidden_from_listings(
     assert register_worker(storage, "a") == 3
     optuna.create_study(storage=storage, study_name="a")
     assert [s.study_name for s in lsearch_studies(storage)] == ["a"]
+
+
+def test_a_session_the_lost_connection_left_broken_is_reset_and_the_call_retried() -> None:
+    """After a database restart, SQLAlchemy refuses this thread's session until it is rolled
+    back (PendingRollbackError, wrapped by Optuna): the storage resets it and tries again."""
+    from sqlalchemy.exc import PendingRollbackError
+
+    inner = InMemoryStorage()
+    resets: list[str] = []
+
+    class BrokenSession:
+        failed = False
+
+        def __getattr__(self, name: str) -> Any:
+            real = getattr(inner, name)
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if name == "get_all_studies" and not BrokenSession.failed:
+                    BrokenSession.failed = True
+                    try:
+                        raise PendingRollbackError("Can't reconnect until invalid transaction")
+                    except PendingRollbackError as exc:
+                        raise optuna.exceptions.StorageInternalError("commit") from exc
+                return real(*args, **kwargs)
+
+            return call
+
+    store = ResilientStorage(BrokenSession(), on_lost=lambda: resets.append("reset"))  # type: ignore[arg-type]
+    assert store.get_all_studies() == []
+    assert resets == ["reset"] and store.losses == 1
