@@ -1,8 +1,10 @@
-"""Per-epoch checkpoints of a trial through an Optuna artifact store.
+"""Checkpoints of a trial through an Optuna artifact store.
 
-After every epoch a trial writes one checkpoint holding, for every seed, the model,
-optimizer and scheduler state, the seed's RNG state and its curves so far; the previous
-epoch's checkpoint is then removed, so a running trial keeps one. The trial's user attr
+After an epoch a trial writes one checkpoint (in the background, at most every
+`checkpoint.every_s` seconds: see CheckpointWriter) holding, for every seed, the trainable
+groups' weights (frozen groups are rebuilt from the weights), optimizer and scheduler state,
+the seed's RNG state and its curves so far; the previous checkpoint is then removed, so a
+running trial keeps one. The trial's user attr
 `checkpoint` ({"artifact_id", "epoch"}) points at it. When a worker dies, Optuna's
 heartbeat machinery re-queues the trial with its user attrs, so the retry finds that
 pointer, loads the checkpoint and continues from the next epoch.
@@ -16,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -124,3 +128,82 @@ class RetryOrDiscardCheckpoint(RetryHeartbeatStaleTrialCallback):
                 self.checkpoints.discard(pointer["artifact_id"])
             return
         super().__call__(study, trial)
+
+
+def _cpu_copy(value: Any) -> Any:
+    """A copy of a (nested) state whose tensors live on the CPU and share no memory with
+    the live model, so that training may go on while it is written."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cpu_copy(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """One trial's checkpoints, written in the background while the next epoch trains.
+
+    After each epoch the trial's state is copied (to the CPU) and kept in memory as the
+    latest. It is written when at least `every_s` seconds have passed since the last write
+    began and no write is still going; otherwise it waits in memory, and a newer epoch
+    replaces it. So training never waits for storage, a hard crash loses at most `every_s`
+    seconds plus the epochs of one write, and an interrupt (Ctrl-C, SIGTERM, --timeout)
+    writes the latest state before the trial is handed back (`flush`), losing at most the
+    epoch in flight."""
+
+    def __init__(
+        self, checkpoints: Checkpoints, trial: optuna.Trial, every_s: float, written_epoch: int
+    ) -> None:
+        self.checkpoints = checkpoints
+        self.trial = trial
+        self.every_s = every_s
+        self.written_epoch = written_epoch  # the newest epoch in the store
+        self.latest: tuple[int, dict[str, Any]] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._last_start = time.monotonic()
+
+    def epoch_done(self, epoch: int, state: dict[str, Any]) -> None:
+        self.latest = (epoch, _cpu_copy(state))
+        self._raise_error()
+        busy = self._thread is not None and self._thread.is_alive()
+        if not busy and time.monotonic() - self._last_start >= self.every_s:
+            self._start(*self.latest)
+
+    def flush(self) -> None:
+        """Write the latest state now, unless the store has it: before a hand-back."""
+        self.wait()
+        if self.latest is not None and self.latest[0] > self.written_epoch:
+            self._write(*self.latest)
+
+    def wait(self) -> None:
+        """Wait for the write in progress; raise what it raised."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._raise_error()
+
+    def _start(self, epoch: int, state: dict[str, Any]) -> None:
+        self._last_start = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._write_catching, args=(epoch, state), name="lsearch-checkpoint",
+            daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+
+    def _write_catching(self, epoch: int, state: dict[str, Any]) -> None:
+        try:
+            self._write(epoch, state)
+        except BaseException as exc:  # handed to the training thread at its next call
+            self._error = exc
+
+    def _write(self, epoch: int, state: dict[str, Any]) -> None:
+        self.checkpoints.save(self.trial, epoch, state)
+        self.written_epoch = epoch
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

@@ -20,6 +20,7 @@ replaces, so only the epoch in flight is trained twice.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import warnings
@@ -33,7 +34,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from lsearch import interrupts, metrics
-from lsearch.checkpoint import CHECKPOINT_ATTR, Checkpoints
+from lsearch.checkpoint import CHECKPOINT_ATTR, Checkpoints, CheckpointWriter
 from lsearch.data import ImagePool, Split, TestSet, split_for_seed
 from lsearch.devices import CoreShare, describe_device
 from lsearch.evaluation import TEST_METRICS, held_out_metrics
@@ -180,6 +181,7 @@ class Objective:
         self.prunes = len(spec.objective.directions) == 1 and spec.pruner.type != "none"
         self._splits: dict[int, Split] = {}
         self.features = FeatureCache()
+        self._writer: CheckpointWriter | None = None  # the running trial's
 
     def split(self, seed: int) -> Split:
         if seed not in self._splits:
@@ -284,6 +286,10 @@ class Objective:
         progress = self.resume(trial, runs, prunes) or Progress([[] for _ in runs])
         first_epoch = progress.epochs_run + 1
         keep_weights = None if test_set is None else (lambda: [r.weights() for r in runs])
+        self._writer = None
+        if self.checkpoints is not None:
+            every_s = self.spec.checkpoint.every_s
+            self._writer = CheckpointWriter(self.checkpoints, trial, every_s, progress.epochs_run)
         try:
             return self._train_epochs(
                 trial, config, runs, progress, started, first_epoch, prunes, test_set, test_at,
@@ -291,6 +297,13 @@ class Objective:
             )  # fmt: skip
         except interrupts.Interrupted as exc:
             exc.trial_number = trial.number  # the caller hands it back (interrupts.hand_back)
+            if self._writer is not None:
+                self._writer.flush()  # the last finished epoch goes with the hand-back
+            raise
+        except BaseException:
+            if self._writer is not None:
+                with contextlib.suppress(Exception):
+                    self._writer.wait()  # no write may land after the trial is handed on
             raise
 
     def _train_epochs(
@@ -316,7 +329,8 @@ class Objective:
                     loss = run.train_epoch()
                 except NonFiniteLossError as exc:
                     trial.set_user_attr("fail_reason", f"{exc} at epoch {epoch}")
-                    if self.checkpoints is not None:
+                    if self.checkpoints is not None and self._writer is not None:
+                        self._writer.wait()
                         self.checkpoints.finish(trial, keep=False)
                     raise NonFiniteLossError(f"{exc} at epoch {epoch}") from None
                 result, run_logits = run.evaluate(loss)
@@ -325,9 +339,9 @@ class Objective:
             progress.add_epoch(results, logits, keep_weights)
             if test_set is not None and epoch in test_at and epoch < config.epochs:
                 progress.held_out[epoch] = self._held_out(runs, progress, test_set, epoch)
-            if self.checkpoints is not None:
+            if self._writer is not None:
                 state = {"seeds": [r.state_dict() for r in runs], "progress": progress.state_dict()}
-                self.checkpoints.save(trial, epoch, state)
+                self._writer.epoch_done(epoch, state)
             value = self.reported(progress, epoch)
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, epoch, config.epochs, value)
@@ -427,6 +441,10 @@ class Objective:
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        if self.checkpoints is not None:
+        if self.checkpoints is not None and self._writer is not None:
+            if self.checkpoints.keep_final:
+                self._writer.flush()  # the kept checkpoint is the last epoch's
+            else:
+                self._writer.wait()
             self.checkpoints.finish(trial)
         return attrs

@@ -246,11 +246,14 @@ class Storage(_Frozen):
 
 
 class Checkpoint(_Frozen):
-    """Per-epoch checkpoints through an Optuna artifact store (a folder, s3://, gs://)."""
+    """Checkpoints through an Optuna artifact store (a folder, s3://, gs://), written in the
+    background after an epoch, at most every `every_s` seconds (0: after every epoch whose
+    predecessor's write has finished)."""
 
     enabled: bool = True
     location: str = "artifacts"
     keep_final: bool = False
+    every_s: float = Field(0.0, ge=0)
 
 
 class StudySpec(_Frozen):

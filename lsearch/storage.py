@@ -384,6 +384,7 @@ def open_storage(
         ) from None
     # Optuna's cache of finished trials, as optuna.create_study(storage=url) would use.
     cached = optuna.storages.get_storage(rdb)
+
     def reset() -> None:
         # This thread's session holds the transaction the lost connection broke, and the pool
         # holds connections to the old server: drop both, so the next attempt starts afresh.

@@ -173,3 +173,55 @@ def test_bench_json_runs_synthetic_without_files_network_or_optuna(tmp_path) -> 
     assert any("randomly initialised weights" in note for note in out["notes"])
     assert any("synthetic data" in note for note in out["notes"])
     assert not list(tmp_path.glob("*.db")), "bench needs no storage"
+
+
+class SlowStore:
+    """Records checkpoint writes; each write waits until the test lets it finish."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.saved: list[tuple[int, float]] = []
+        self.release = threading.Event()
+        self.fail = False
+
+    def save(self, trial: object, epoch: int, state: dict) -> None:
+        self.release.wait(timeout=30)
+        if self.fail:
+            raise OSError("disk full")
+        self.saved.append((epoch, float(state["w"][0])))
+
+
+def test_checkpoints_are_written_in_the_background_and_never_hold_training_up() -> None:
+    from lsearch.checkpoint import CheckpointWriter
+
+    store = SlowStore()
+    writer = CheckpointWriter(store, trial=None, every_s=0, written_epoch=0)  # type: ignore[arg-type]
+    weights = torch.zeros(1)
+    for epoch in (1, 2, 3):
+        weights += 1  # training goes on while epoch 1 is being written
+        writer.epoch_done(epoch, {"w": weights})
+    assert store.saved == [], "epoch 1's write is still going; training did not wait"
+    store.release.set()
+    writer.flush()  # an interrupt: the last finished epoch is written before the hand-back
+    assert store.saved == [(1, 1.0), (3, 3.0)], "a copy of each epoch's state, not the live one"
+    assert writer.written_epoch == 3
+
+
+def test_every_s_spaces_the_writes_and_a_failed_write_is_raised_in_training() -> None:
+    from lsearch.checkpoint import CheckpointWriter
+
+    store = SlowStore()
+    store.release.set()
+    writer = CheckpointWriter(store, trial=None, every_s=3600, written_epoch=0)  # type: ignore[arg-type]
+    for epoch in (1, 2):
+        writer.epoch_done(epoch, {"w": torch.tensor([float(epoch)])})
+    writer.wait()
+    assert store.saved == [], "within every_s of the trial's start: kept in memory only"
+    writer.flush()
+    assert store.saved == [(2, 2.0)]
+    store.fail = True
+    writer.every_s = 0
+    writer.epoch_done(3, {"w": torch.tensor([3.0])})
+    with pytest.raises(OSError, match="disk full"):
+        writer.wait()
