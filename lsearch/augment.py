@@ -49,10 +49,12 @@ def prepare(
         images = random_crop(images, augment.crop_padding, generator)
         if augment.flip:
             images = random_flip(images, generator)
-    x = images.float().div_(255.0)
+    # Convert and normalise at the stored size, then resize once: the expensive size sees
+    # one operation (bilinear resizing is linear, so the order does not change the result
+    # beyond rounding).
+    x = (images.float().div_(255.0) - mean) / std
     if image_size is not None and image_size != x.shape[-1]:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    x = (x - mean) / std
     if x.shape[1] != in_channels:  # grayscale into a 3-channel model
         x = x.expand(-1, in_channels, -1, -1)
     return x
