@@ -37,6 +37,16 @@ StorageOption = Annotated[
         show_default=False,
     ),
 ]
+StudyFileOption = Annotated[
+    str,
+    typer.Option(
+        "--study", help="Study file: a path, or a bundled name (digits, cifar10-resnet18)"
+    ),
+]
+OverridesOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a study-file value: key=value, dotted, repeatable"),
+]
 StudyNameOption = Annotated[
     str | None,
     typer.Option("--study", help="Study name [default: the only study in the storage]"),
@@ -69,16 +79,8 @@ def quiet_libraries() -> None:
 @app.command()
 @user_errors
 def run(
-    study: Annotated[
-        str,
-        typer.Option(
-            "--study", help="Study file: a path, or a bundled name (digits, cifar10-resnet18)"
-        ),
-    ] = "digits",
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a study-file value: key=value, dotted, repeatable"),
-    ] = None,
+    study: StudyFileOption = "digits",
+    set_: OverridesOption = None,
     storage: StorageOption = None,
     trials: Annotated[
         int, typer.Option(help="Total finished (complete + pruned) trials the study should reach")
@@ -805,16 +807,8 @@ def report(
 @app.command()
 @user_errors
 def bench(
-    study: Annotated[
-        str,
-        typer.Option(
-            "--study", help="Study file: a path, or a bundled name (digits, cifar10-resnet18)"
-        ),
-    ] = "digits",
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a study-file value: key=value, dotted, repeatable"),
-    ] = None,
+    study: StudyFileOption = "digits",
+    set_: OverridesOption = None,
     epochs: Annotated[int, typer.Option(help="Epochs to time (after one warm-up epoch)")] = 3,
     device: DeviceOption = "auto",
     synthetic: Annotated[
