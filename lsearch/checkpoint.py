@@ -33,6 +33,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 CHECKPOINT_ATTR = "checkpoint"
+PENDING_ATTR = "checkpoint_pending"  # the file being written, named before it exists
 
 
 def open_artifact_store(location: str) -> Any:
@@ -63,8 +64,12 @@ class Checkpoints:
         torch.save(state, buffer)
         buffer.seek(0)
         artifact_id = f"lsearch-ckpt-{uuid.uuid4().hex}"
-        self.store.write(artifact_id, buffer)
         previous = trial.user_attrs.get(CHECKPOINT_ATTR)
+        # Name the file in the trial before writing it, so that a worker killed mid-write
+        # leaves no file nobody knows of: the next save, finish or discard removes it.
+        self.remove_pending(trial.user_attrs, previous)
+        trial.set_user_attr(PENDING_ATTR, artifact_id)
+        self.store.write(artifact_id, buffer)
         try:
             trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": epoch})
         except UpdateFinishedTrialError:
@@ -86,6 +91,7 @@ class Checkpoints:
     def finish(self, trial: optuna.Trial, keep: bool | None = None) -> None:
         """Remove the trial's rolling checkpoint, or keep it as a listed artifact."""
         pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
+        self.remove_pending(trial.user_attrs, pointer)
         if not pointer:
             return
         if self.keep_final if keep is None else keep:
@@ -99,6 +105,12 @@ class Checkpoints:
             trial.set_user_attr("final_checkpoint", {**pointer, "artifact_id": final_id})
         trial.set_user_attr(CHECKPOINT_ATTR, None)
         self._remove(pointer["artifact_id"])
+
+    def remove_pending(self, attrs: dict[str, Any], pointer: dict[str, Any] | None) -> None:
+        """Remove a file a killed write may have left (named, never pointed at)."""
+        pending = attrs.get(PENDING_ATTR)
+        if pending and (not pointer or pending != pointer["artifact_id"]):
+            self._remove(pending)
 
     def discard(self, artifact_id: str) -> None:
         """Remove a checkpoint no trial will resume from."""
@@ -124,8 +136,10 @@ class RetryOrDiscardCheckpoint(RetryHeartbeatStaleTrialCallback):
         retries = len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) + 1
         pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
         if self.max_retry is not None and self.max_retry < retries:
-            if self.checkpoints is not None and pointer:
-                self.checkpoints.discard(pointer["artifact_id"])
+            if self.checkpoints is not None:
+                self.checkpoints.remove_pending(trial.user_attrs, pointer)
+                if pointer:
+                    self.checkpoints.discard(pointer["artifact_id"])
             return
         super().__call__(study, trial)
 

@@ -151,3 +151,40 @@ def test_a_dead_workers_trial_out_of_retries_leaves_no_checkpoint(tmp_path: Path
     RetryOrDiscardCheckpoint(max_retry=1, checkpoints=checkpoints)(study, stale_trial([0]))
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
     assert not (tmp_path / "lsearch-ckpt-1").exists()
+
+
+def test_a_file_a_killed_write_left_is_removed_by_the_next_save_or_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """A worker killed while writing a checkpoint leaves a file the trial only names as
+    pending; its retry's next save (or its end) removes it."""
+    import io
+
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from lsearch.checkpoint import Checkpoints, RetryOrDiscardCheckpoint
+
+    store = FileSystemArtifactStore(str(tmp_path))
+    checkpoints = Checkpoints(store)
+    study = optuna.create_study()
+    for name in ("kept", "half-written", "half-written-2"):
+        store.write(name, io.BytesIO(b"state"))
+    killed = optuna.trial.create_trial(
+        state=TrialState.FAIL,
+        params={"lr": 0.1},
+        distributions={"lr": optuna.distributions.FloatDistribution(0.01, 1.0)},
+        user_attrs={
+            "checkpoint": {"artifact_id": "kept", "epoch": 2},
+            "checkpoint_pending": "half-written",
+        },
+    )
+    RetryOrDiscardCheckpoint(max_retry=3, checkpoints=checkpoints)(study, killed)
+    retry = study.ask()  # the WAITING retry, with the attrs of the killed trial
+    checkpoints.save(retry, 3, {"epoch": 3})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "half-written" not in names and "kept" not in names
+    assert len(names) == 2 and "half-written-2" in names  # (another trial's, untouched)
+    # Killed mid-write again: at the end the pending file goes with the checkpoint.
+    retry.set_user_attr("checkpoint_pending", "half-written-2")
+    checkpoints.finish(retry)
+    assert list(tmp_path.iterdir()) == []
