@@ -72,9 +72,8 @@ class BenchResult:
         return SEARCH_TRIALS * seeds * mean_epochs * self.lsearch.seconds_per_epoch
 
     def to_json(self, seeds: int, mean_epochs: float) -> dict[str, Any]:
-        flat = {**asdict(self.lsearch)}
         out: dict[str, Any] = {
-            **flat,
+            **asdict(self.lsearch),
             "device": self.device,
             "study": self.study,
             "model": self.model,

@@ -32,7 +32,6 @@ class Prepared:
     study: optuna.Study
     checkpoints: Checkpoints | None
     liveness: Liveness | None  # heartbeats and the sweep of dead workers' trials
-    worker_index: int  # this worker's number among the study's workers (see register_worker)
 
 
 def check_trainable_layers(spec: StudySpec) -> None:
@@ -114,7 +113,7 @@ def prepare(
     storage, liveness = open_spec_storage(spec, storage_url, checkpoints)
     worker_index = register_worker(storage, study_name or spec.name)
     study = open_study(spec, storage, study_name, worker_index, describe_device(device))
-    return Prepared(spec, device, pool, cores, study, checkpoints, liveness, worker_index)
+    return Prepared(spec, device, pool, cores, study, checkpoints, liveness)
 
 
 def watch_stale_trials(
@@ -124,7 +123,8 @@ def watch_stale_trials(
     `stop` is set: what `lsearch proxy` runs beside the gRPC server, so that the trials of
     workers behind it are recovered even when no other worker is left to do it. Each study
     is swept with its own stored settings (grace period, retries, checkpoint store)."""
-    sweepers: dict[str, tuple[optuna.Study, StaleTrialSweeper]] = {}
+    # A study with heartbeats off is looked at once: None.
+    sweepers: dict[str, tuple[optuna.Study, StaleTrialSweeper] | None] = {}
     while not stop.wait(every_s):
         try:
             for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
@@ -132,14 +132,15 @@ def watch_stale_trials(
                 if name not in sweepers:
                     stored = summary.user_attrs.get(SPEC_ATTR)
                     if stored is None:
-                        continue
+                        continue  # not lsearch's, or its spec is still being recorded
                     spec = StudySpec.model_validate(stored)
                     liveness = spec_liveness(spec, storage, open_checkpoints(spec))
-                    if liveness is None:
-                        continue
-                    study = optuna.load_study(study_name=name, storage=storage)
-                    sweepers[name] = (study, liveness.sweeper)
-                study, sweeper = sweepers[name]
-                sweeper.sweep(study)
+                    sweepers[name] = None
+                    if liveness is not None:
+                        study = optuna.load_study(study_name=name, storage=storage)
+                        sweepers[name] = (study, liveness.sweeper)
+                watched = sweepers[name]
+                if watched is not None:
+                    watched[1].sweep(watched[0])
         except Exception as exc:  # keep serving; the next round tries again
             log.warning("sweep for stale trials failed: %s", exc)

@@ -186,6 +186,9 @@ class StopOnRepeatedFailure:
         return self.in_a_row >= self.limit
 
 
+DUPLICATE_ATTR = "duplicate_of"
+
+
 class DuplicateConfiguration(Exception):
     """The sampler drew a configuration the study already holds (see check_new)."""
 
@@ -200,6 +203,7 @@ def check_new(trial: optuna.Trial) -> None:
         states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING),
     ):
         if other.number != trial.number and other.params == own:
+            trial.set_user_attr(DUPLICATE_ATTR, other.number)
             trial.set_user_attr("fail_reason", f"same configuration as trial {other.number}")
             raise DuplicateConfiguration(f"same configuration as trial {other.number}")
 
@@ -410,7 +414,7 @@ def _run_trials(
         )
         if frozen is None:
             continue
-        if frozen.user_attrs.get("fail_reason", "").startswith("same configuration"):
+        if DUPLICATE_ATTR in frozen.user_attrs:
             duplicates += 1
             if duplicates >= MAX_DUPLICATES_IN_A_ROW:
                 raise UserError(
