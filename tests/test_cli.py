@@ -38,6 +38,7 @@ def test_run_records_a_plain_optuna_study_with_per_seed_metrics(tmp_path: Path) 
     for trial in trials:
         attrs = trial.user_attrs
         assert attrs["seeds"] == [0, 1, 2]
+        assert attrs["threads"] >= 1, "each trial records its share of the cores"
         runs = attrs["epochs_run"]
         for key in PER_SEED_KEYS:
             assert len(attrs[key]) == 3, key

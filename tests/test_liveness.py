@@ -325,6 +325,7 @@ def test_a_configuration_the_study_holds_is_refused_but_a_retry_is_not() -> None
     with pytest.raises(DuplicateConfiguration, match="same configuration as trial 0"):
         check_new(duplicate)
     assert duplicate.user_attrs["fail_reason"] == "same configuration as trial 0"
+    assert duplicate.user_attrs["duplicate_of"] == 0
     study.tell(duplicate, state=TrialState.FAIL)
     # A FAIL trial's retry has its parameters: not a duplicate of anything live.
     lone = optuna.create_study()
@@ -374,3 +375,20 @@ def test_a_session_the_lost_connection_left_broken_is_reset_and_the_call_retried
     store = ResilientStorage(BrokenSession(), on_lost=lambda: resets.append("reset"))  # type: ignore[arg-type]
     assert store.get_all_studies() == []
     assert resets == ["reset"] and store.losses == 1
+
+
+def test_a_sampler_that_only_draws_held_configurations_ends_the_run_with_a_user_error() -> None:
+    from lsearch.errors import UserError
+    from lsearch.search import MAX_DUPLICATES_IN_A_ROW, run_until
+
+    study = optuna.create_study(storage=ResilientStorage(InMemoryStorage()))
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_categorical("x", [1])  # a space of one configuration
+        check_new(trial)
+        return 1.0
+
+    with pytest.raises(UserError, match="search space looks exhausted"):
+        run_until(study, objective, 5)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE] + [TrialState.FAIL] * MAX_DUPLICATES_IN_A_ROW

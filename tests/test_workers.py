@@ -517,3 +517,49 @@ def test_each_worker_of_workers_w_starts_with_its_share_of_the_cores(
     assert share == str(max(1, cores // 2))
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
     assert worker_env(0, [], "sqlite://", count=2)["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_cuda_device_becomes_the_current_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: torch.cuda's answers are stood in for, and set_device is recorded."""
+    import torch
+
+    from lsearch import devices
+
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(devices, "set_determinism", lambda device, deterministic: None)
+    assert devices.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert devices.resolve_device("cuda") == torch.device("cuda", 0)
+    assert current == [torch.device("cuda", 1), torch.device("cuda", 0)]
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_train_deterministic_switches_cudnn_autotuning(deterministic: bool) -> None:
+    import torch
+
+    from lsearch.devices import set_determinism
+
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        set_determinism(torch.device("cuda", 0), deterministic)
+        assert torch.backends.cudnn.benchmark is not deterministic
+        assert torch.backends.cudnn.deterministic is deterministic
+        set_determinism(torch.device("cpu"), not deterministic)  # the CPU leaves them alone
+        assert torch.backends.cudnn.deterministic is deterministic
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
+
+def test_a_worker_retries_a_lost_database_at_most_a_heartbeat_apart(tmp_path: Path) -> None:
+    from lsearch.launch import open_spec_storage
+
+    spec = StudySpec.model_validate(
+        {"name": "x", "checkpoint": {"enabled": False},
+         "storage": {"heartbeat_interval": 2, "grace_period": 5, "reconnect_timeout": 30}}
+    )  # fmt: skip
+    storage, liveness = open_spec_storage(spec, f"sqlite:///{tmp_path / 'x.db'}")
+    assert storage.max_delay == 2 and storage.reconnect_timeout == 30
+    assert liveness is not None and liveness.heartbeat.interval == 2
+    assert liveness.sweeper.grace_period == 5
