@@ -7,12 +7,15 @@ test_workers.py and test_interrupts.py."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from lsearch import interrupts
@@ -167,6 +170,25 @@ def test_a_bad_query_is_not_retried() -> None:
     with pytest.raises(KeyError):
         store.get_study_id_from_name("absent")
     assert flaky.calls == 1
+
+
+def test_every_sqlite_connection_is_in_wal_mode_with_normal_sync(tmp_path: Path) -> None:
+    """WAL with synchronous=NORMAL: readers never block the writers, and a commit costs no
+    fsync (a killed worker still loses no committed write). The setting is per connection,
+    so it is checked on a connection opened after the storage, from another thread too."""
+    store = storage_module.open_storage(f"sqlite:///{tmp_path / 'x.db'}")
+    optuna.create_study(storage=store, study_name="s").ask()
+    engine = store.inner._backend.engine  # the RDBStorage under Optuna's cache
+
+    def pragmas() -> tuple[str, int]:
+        with engine.connect() as connection:
+            mode = connection.execute(text("PRAGMA journal_mode")).scalar()
+            sync = connection.execute(text("PRAGMA synchronous")).scalar()
+        return mode, sync
+
+    assert pragmas() == ("wal", 1)  # 1 = NORMAL (FULL, the default, is 2)
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(pragmas).result() == ("wal", 1)
 
 
 # ----------------------------------------------------------------------------- liveness
