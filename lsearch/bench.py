@@ -213,7 +213,7 @@ def measure_baseline(
     for param in net.model.parameters():
         param.requires_grad_(True)  # the usual script freezes by leaving params out
     model = net.model.to(device)
-    optimizer = make_optimizer(trainable, spec.train, base.lr)
+    optimizer = make_optimizer(trainable, spec.train, base.lr, fused=False)
     size = data.image_size or pool.images.shape[-1]
     channels = net.in_channels
     steps: list[Any] = []

@@ -1,8 +1,9 @@
 """One seed's training run, an epoch at a time: label-smoothed loss and evaluation.
 
 The hot path keeps every image on the device: a batch is an index slice of one uint8
-tensor, augmentation is batched tensor ops, and on CUDA the model runs in channels_last
-under autocast (bfloat16 where the GPU has it, float16 with a gradient scaler otherwise).
+tensor, augmentation is batched tensor ops, and the model runs in channels_last (faster on
+CUDA, and by about 15 % for the small CNN on the CPU's oneDNN kernels), on CUDA under autocast
+(bfloat16 where the GPU has it, float16 with a gradient scaler otherwise).
 """
 
 from __future__ import annotations
@@ -137,9 +138,7 @@ class SeedRun:
             self.data.augment if augment else None,
             self.generator,
         )
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.contiguous(memory_format=torch.channels_last)
 
     def train_epoch(self) -> float:
         """One pass over the training subset in a seeded random order; the mean loss."""
@@ -268,15 +267,19 @@ class SeedRun:
 
 
 def make_optimizer(
-    params: list[torch.nn.Parameter], train: Train, lr: float
+    params: list[torch.nn.Parameter], train: Train, lr: float, fused: bool = True
 ) -> torch.optim.Optimizer:
+    """The study's optimizer. `fused` updates every parameter in one kernel (CPU and CUDA)
+    instead of a Python loop of small ops per tensor: for the small CNN on the CPU a step takes
+    0.15 ms instead of 0.25 to 0.37 ms. `fused=False` is PyTorch's default, the usual way."""
+    options: dict[str, Any] = {"lr": lr, "weight_decay": train.weight_decay}
+    if fused:
+        options["fused"] = True
     if train.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay
-        )
+        return torch.optim.SGD(params, momentum=train.momentum, **options)
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=train.weight_decay)
+        return torch.optim.AdamW(params, **options)
+    return torch.optim.Adam(params, **options)
 
 
 def start_seed_run(
@@ -294,8 +297,7 @@ def start_seed_run(
     """Move a built (and frozen) model to the device and give it its optimizer and RNG."""
     net.model.to(device)
     net.head_in_float32()
-    if device.type == "cuda":
-        net.model.to(memory_format=torch.channels_last)
+    net.model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(net.trainable_parameters(), train, lr)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)

@@ -15,7 +15,7 @@ from lsearch.bench import bench, mean_epochs, synthetic_pool
 from lsearch.data import load_pool, split_for_seed
 from lsearch.models import build_model
 from lsearch.spec import StudySpec, load_spec
-from lsearch.train import FeatureCache, SeedRun, start_seed_run
+from lsearch.train import FeatureCache, SeedRun, make_optimizer, start_seed_run
 
 CPU = torch.device("cpu")
 
@@ -106,6 +106,25 @@ def test_a_checkpoint_leaves_frozen_groups_out_and_resumes_to_the_same_numbers()
     for _ in range(2):
         resumed.train_epoch()
     torch.testing.assert_close(resumed.predict(), straight.predict(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_a_trial_steps_with_a_fused_optimizer_on_channels_last_weights(optimizer: str) -> None:
+    """The fast path's optimizer is PyTorch's fused kernel and its convolutions run in
+    channels_last; both give the plain path's numbers to float tolerance."""
+    spec = tiny_spec(baseline={"trainable_layers": 4}, train={"optimizer": optimizer})
+    run = seed_run(spec)
+    assert run.optimizer.defaults["fused"] is True
+    conv = run.net.model.block2[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = seed_run(spec)
+    plain.net.model.to(memory_format=torch.contiguous_format)
+    plain.optimizer = make_optimizer(plain.net.trainable_parameters(), spec.train, 3e-3, False)
+    assert not plain.optimizer.defaults.get("fused")  # the usual way, as bench's baseline
+    for run_ in (run, plain):
+        run_.scheduler = None
+        run_.train_epoch()
+    torch.testing.assert_close(run.predict(), plain.predict(), rtol=1e-4, atol=1e-4)
 
 
 def test_a_process_reuses_features_across_trials_within_its_budget() -> None:
