@@ -4,6 +4,8 @@ stratified per-class subsets every seed draws."""
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -414,3 +416,28 @@ def test_digits_pool_is_uint8_8x8_with_its_own_statistics(digits_pool: ImagePool
     assert pool.std[0] == pytest.approx(scaled.std(), rel=1e-9)
     assert 0.2 < pool.mean[0] < 0.4 and 0.3 < pool.std[0] < 0.45
     assert pool.mean != IMAGENET_MEAN[:1]
+
+
+def test_digits_read_from_scikit_learn_s_file_equal_load_digits(monkeypatch) -> None:
+    """The CSV inside scikit-learn is parsed without importing it; where the file is not
+    found (another layout), load_digits itself is used. Both give load_digits' images."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    expected = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    direct_images, direct_labels = lsearch.data.load_digits_arrays()
+    monkeypatch.setattr(lsearch.data.importlib.util, "find_spec", lambda name: None)
+    fallback_images, fallback_labels = lsearch.data.load_digits_arrays()
+    for images, labels in ((direct_images, direct_labels), (fallback_images, fallback_labels)):
+        assert images.dtype == np.uint8 and images.shape == (1797, 1, 8, 8)
+        assert np.array_equal(images, expected) and np.array_equal(labels, digits.target)
+    assert direct_images.max() == 255 and direct_labels.dtype == np.int64
+
+
+def test_loading_digits_does_not_import_scikit_learn() -> None:
+    code = (
+        "import sys; from lsearch.data import load_digits_arrays; load_digits_arrays(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
