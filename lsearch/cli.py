@@ -896,20 +896,20 @@ def _bench_search(spec: Any, device: Any, trials: int, sampler_seeds: int, as_js
     if trials < 1 or sampler_seeds < 1:
         raise UserError("--trials and --sampler-seeds must be at least 1")
     quiet_libraries()
-    if not as_json:
-        err.print(
-            f"{sampler_seeds} sampler seeds x (pruned, unpruned) searches of {trials} trials "
-            f"of {spec.name} on {benchmark.describe_device(device)}",
-            highlight=False,
-        )
+    # Progress goes to stderr even with --json (whose object alone is on stdout): the
+    # searches take many minutes.
+    err.print(
+        f"{sampler_seeds} sampler seeds x (pruned, unpruned) searches of {trials} trials "
+        f"of {spec.name} on {benchmark.describe_device(device)}",
+        highlight=False,
+    )
 
     def on_run(run: Any) -> None:
-        if not as_json:
-            err.print(
-                f"  sampler seed {run.sampler_seed}, {'pruned' if run.pruned else 'unpruned'}: "
-                f"{run.seed_epochs} seed-epochs, {run.wall_s:.0f} s, best {run.best_value:.4f}",
-                highlight=False,
-            )
+        err.print(
+            f"  sampler seed {run.sampler_seed}, {'pruned' if run.pruned else 'unpruned'}: "
+            f"{run.seed_epochs} seed-epochs, {run.wall_s:.0f} s, best {run.best_value:.4f}",
+            highlight=False,
+        )
 
     runs = benchmark.bench_search(spec, device, trials, sampler_seeds, on_run)
     summary = benchmark.summarise_search(runs)

@@ -11,11 +11,12 @@ import sys
 import pytest
 import torch
 
-from lsearch.bench import bench, mean_epochs, synthetic_pool
+from lsearch.bench import SearchRun, bench, mean_epochs, summarise_search, synthetic_pool
 from lsearch.data import load_pool, split_for_seed
 from lsearch.models import build_model
 from lsearch.spec import StudySpec, load_spec
 from lsearch.train import FeatureCache, SeedRun, make_optimizer, start_seed_run
+from tests.conftest import TINY, run_lsearch
 
 CPU = torch.device("cpu")
 
@@ -244,3 +245,67 @@ def test_every_s_spaces_the_writes_and_a_failed_write_is_raised_in_training() ->
     writer.epoch_done(3, {"w": torch.tensor([3.0])})
     with pytest.raises(OSError, match="disk full"):
         writer.wait()
+
+
+def test_the_pruning_signal_script_ranks_the_pruner_s_view_against_the_final_value() -> None:
+    """scripts/pruning_signal.py, on curves worked by hand: the pruner's view is the running
+    best of the mean over seeds, and Spearman's rho of ranks (1, 2, 3) against (3, 1, 2) is
+    1 - 6 * (4 + 1 + 1) / (3 * 8) = -0.5."""
+    import importlib.util
+    from pathlib import Path
+
+    from optuna.trial import create_trial
+
+    path = Path(__file__).parent.parent / "scripts" / "pruning_signal.py"
+    spec = importlib.util.spec_from_file_location("pruning_signal", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    assert script.reported_curve([[0.4, 0.3], [0.6, 0.3]]).tolist() == [0.5, 0.5]
+    curves = [[[0.1, 0.9]], [[0.2, 0.5]], [[0.3, 0.7]]]
+    trials = [create_trial(value=c[0][-1], user_attrs={"curve_val_acc": c}) for c in curves]
+    (k1, rho1), (k2, rho2) = script.signal(trials, epochs=2)
+    assert (k1, k2) == (1, 2)
+    assert rho1 == pytest.approx(-0.5) and rho2 == pytest.approx(1.0)
+
+
+def test_search_summary_pairs_the_arms_by_sampler_seed() -> None:
+    """Worked by hand: shares 300/1000, 500/1000, 200/800 = 0.3, 0.5, 0.25 (median 0.3) and
+    best-value differences -0.02, 0, -0.03 (median -0.02)."""
+    runs = []
+    for seed, pruned, unpruned in (
+        (0, (300, 10.0, 0.95), (1000, 40.0, 0.97)),
+        (1, (500, 20.0, 0.96), (1000, 50.0, 0.96)),
+        (2, (200, 5.0, 0.90), (800, 30.0, 0.93)),
+    ):
+        for is_pruned, (seed_epochs, wall, best) in ((True, pruned), (False, unpruned)):
+            runs.append(SearchRun(seed, is_pruned, seed_epochs, wall, best, 0))
+    summary = summarise_search(runs)
+    assert summary["sampler_seeds"] == 3
+    assert summary["work_share"] == pytest.approx({"median": 0.3, "min": 0.25, "max": 0.5})
+    assert summary["best_value_difference"] == pytest.approx(
+        {"median": -0.02, "min": -0.03, "max": 0.0}
+    )
+    assert summary["pruned"]["seed_epochs"] == {"median": 300.0, "min": 200.0, "max": 500.0}
+    assert summary["unpruned"]["wall_s"] == {"median": 40.0, "min": 30.0, "max": 50.0}
+    assert summary["unpruned"]["best_value"]["median"] == pytest.approx(0.96)
+
+
+def test_bench_search_json_counts_every_seed_epoch_and_shows_progress(tmp_path) -> None:
+    """3 trials of 3 epochs (fewer than the patience) on 3 seeds: the unpruned search trains
+    exactly 27 seed-epochs. Progress goes to stderr, the JSON alone to stdout."""
+    result = run_lsearch(
+        "bench", "--search", "--trials", "3", "--sampler-seeds", "1", "--json", *TINY,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    unpruned, pruned = (
+        [run for run in summary["runs"] if run["pruned"] == arm] for arm in (False, True)
+    )
+    assert [run["seed_epochs"] for run in unpruned] == [27]
+    assert 0 < pruned[0]["seed_epochs"] <= 27
+    assert summary["work_share"]["median"] == pytest.approx(pruned[0]["seed_epochs"] / 27)
+    assert "sampler seed 0, unpruned: 27 seed-epochs" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # in memory: no storage left behind
