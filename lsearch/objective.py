@@ -216,13 +216,22 @@ class Objective:
             return epoch
         return progress.best_epoch_up_to(epoch)
 
+    def step(self, config: TrialConfig, epoch: int) -> int:
+        """The pruner's step for `epoch` of this trial (see spec.Pruner.step)."""
+        if self.spec.pruner.step == "epoch":
+            return epoch
+        longest = int(self.spec.space.epochs.bounds()[1])
+        return -(-epoch * longest // config.epochs)  # ceil, in integers: the last is `longest`
+
     def reported(self, progress: Progress, epoch: int) -> float:
         """The value the pruner sees after `epoch`: the objective metric's mean over seeds at
         the chosen epoch so far, so a pruned trial's value (its last report) is its attrs'."""
         metric = "val_ece" if self.spec.objective.metric == "val_ece" else "val_acc"
         return progress.mean(metric, self.chosen_epoch(progress, epoch))
 
-    def resume(self, trial: optuna.Trial, runs: list[SeedRun], prunes: bool) -> Progress | None:
+    def resume(
+        self, trial: optuna.Trial, config: TrialConfig, runs: list[SeedRun], prunes: bool
+    ) -> Progress | None:
         """Restore a re-queued trial from the newest checkpoint of the trial it replaces."""
         pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
         if self.checkpoints is None or not pointer:
@@ -247,7 +256,7 @@ class Objective:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 for epoch in range(1, progress.epochs_run + 1):
-                    trial.report(self.reported(progress, epoch), epoch)
+                    trial.report(self.reported(progress, epoch), self.step(config, epoch))
         return progress
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -283,7 +292,7 @@ class Objective:
             trial.set_user_attr("threads", self.cores.refresh())
         started = time.perf_counter()
         runs = [self.start(seed, config) for seed in seeds]
-        progress = self.resume(trial, runs, prunes) or Progress([[] for _ in runs])
+        progress = self.resume(trial, config, runs, prunes) or Progress([[] for _ in runs])
         first_epoch = progress.epochs_run + 1
         keep_weights = None if test_set is None else (lambda: [r.weights() for r in runs])
         self._writer = None
@@ -346,7 +355,7 @@ class Objective:
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, epoch, config.epochs, value)
             if prunes:
-                trial.report(value, epoch)
+                trial.report(value, self.step(config, epoch))
                 # After the last epoch the work is done: finish the trial rather than prune it.
                 if epoch < config.epochs and trial.should_prune():
                     self._record(trial, progress, started, first_epoch, pruned_at=epoch)

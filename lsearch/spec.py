@@ -212,6 +212,12 @@ PrunerType = Literal["median", "percentile", "successive_halving", "hyperband", 
 
 class Pruner(_Frozen):
     type: Literal[PrunerType, "patient"] = "median"
+    # Where a trial's epochs fall on the pruner's step axis. "epoch": step = epoch. "schedule":
+    # after epoch e of E, step = ceil(e * E_max / E), E_max the space's largest epochs, so
+    # trials of different lengths are compared at the same point of their schedule (under a
+    # cosine decay a short trial is further along after 3 epochs, and looks better only for
+    # that). Steps (and n_warmup_steps, interval_steps) are then in units of E_max's epochs.
+    step: Literal["epoch", "schedule"] = "epoch"
     n_startup_trials: int = Field(5, ge=0)
     n_warmup_steps: int = Field(0, ge=0)
     interval_steps: int = Field(1, ge=1)

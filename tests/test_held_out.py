@@ -109,6 +109,36 @@ def test_a_pruned_trials_value_is_its_val_acc_attr() -> None:
         assert trial.user_attrs["val_acc"] == max(curve)
 
 
+def test_schedule_steps_compare_trials_of_different_lengths_at_the_same_point() -> None:
+    """pruner.step = "schedule": after epoch e of E the step is ceil(e * E_max / E), so every
+    trial ends at step E_max (worked by hand: 7 of 20 epochs -> 3, 6, 9, 12, 15, 18, 20)."""
+    spec = tiny_spec(
+        space={"lr": 3e-2, "epochs": [2, 4], "label_smoothing": [0.0, 0.1]},
+        pruner={"type": "median", "step": "schedule", "n_startup_trials": 99},
+        sampler={"type": "grid"},
+        seeds=[0],
+    )
+    objective = Objective(spec, load_pool(spec.data, CPU), CPU)
+    config = TrialConfig(label_smoothing=0.0, epochs=2, lr=3e-2, trainable_layers=4)
+    assert [objective.step(config, e) for e in (1, 2)] == [2, 4]
+    wide = Objective(tiny_spec(space={"epochs": {"low": 5, "high": 20}},
+                               pruner={"step": "schedule"}), objective.pool, CPU)  # fmt: skip
+    seven = TrialConfig(label_smoothing=0.0, epochs=7, lr=3e-2, trainable_layers=4)
+    assert [wide.step(seven, e) for e in range(1, 8)] == [3, 6, 9, 12, 15, 18, 20]
+    by_epoch = Objective(tiny_spec(), objective.pool, CPU)
+    assert [by_epoch.step(seven, e) for e in range(1, 8)] == list(range(1, 8))
+    study = optuna.create_study(
+        direction="maximize", sampler=build_sampler(spec), pruner=build_pruner(spec)
+    )
+    run_until(study, objective, 4)
+    steps = {t.params["epochs"]: sorted(t.intermediate_values) for t in study.trials}
+    assert steps == {2: [2, 4], 4: [1, 2, 3, 4]}
+    for trial in study.trials:  # the value at each step is the epoch's, as with epoch steps
+        curve = trial.user_attrs["curve_val_acc"][0]
+        values = [trial.intermediate_values[s] for s in steps[trial.params["epochs"]]]
+        assert values == [max(curve[: e + 1]) for e in range(len(curve))]
+
+
 def test_a_val_ece_objective_reads_ece_at_the_epoch_chosen_by_accuracy() -> None:
     spec = tiny_spec(objective={"metric": "val_ece"}, space={"epochs": 4, "lr": 3e-2})
     pool = load_pool(spec.data, CPU)
