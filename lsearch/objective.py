@@ -25,7 +25,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import optuna
@@ -40,6 +40,7 @@ from lsearch.devices import CoreShare, describe_device
 from lsearch.evaluation import TEST_METRICS, held_out_metrics
 from lsearch.models import build_model
 from lsearch.search import check_new
+from lsearch.spec import Objective as ObjectiveSpec
 from lsearch.spec import Param, Space, StudySpec
 from lsearch.train import (
     EpochMetrics,
@@ -117,6 +118,30 @@ class Progress:
         """The first epoch of highest mean validation accuracy among epochs 1..`epoch`."""
         means = [self.mean("val_acc", e) for e in range(1, epoch + 1)]
         return means.index(max(means)) + 1
+
+    def chosen_epoch(self, objective: ObjectiveSpec, epoch: int) -> int:
+        """The epoch whose metrics stand for a trial that has run `epoch` epochs: the best by
+        mean validation accuracy so far (for every objective, ECE included: the lowest-ECE
+        epoch is often an underfit one), or the last with `select_epoch = "final"`."""
+        if objective.select_epoch == "final":
+            return epoch
+        return self.best_epoch_up_to(epoch)
+
+    def reported(self, objective: ObjectiveSpec, epoch: int) -> float:
+        """The value the pruner sees after `epoch`: the objective metric's mean over seeds at
+        the chosen epoch so far, so a pruned trial's value (its last report) is its attrs'."""
+        metric = "val_ece" if objective.metric == "val_ece" else "val_acc"
+        return self.mean(metric, self.chosen_epoch(objective, epoch))
+
+    @classmethod
+    def from_curves(cls, attrs: dict[str, Any]) -> Progress:
+        """The curves a finished trial recorded (`curve_*` attrs), as a Progress."""
+        names = [metric.name for metric in fields(EpochMetrics)]
+        history = []
+        for seed in zip(*(attrs[f"curve_{name}"] for name in names), strict=True):
+            epochs = zip(*seed, strict=True)  # one value of each metric per epoch
+            history.append([EpochMetrics(**dict(zip(names, e, strict=True))) for e in epochs])
+        return cls(history)
 
     def add_epoch(
         self,
@@ -208,26 +233,12 @@ class Objective:
         run.features, run.features_key = self.features, (seed, config.trainable_layers)
         return run
 
-    def chosen_epoch(self, progress: Progress, epoch: int) -> int:
-        """The epoch whose metrics stand for a trial that has run `epoch` epochs: the best by
-        mean validation accuracy so far (for every objective, ECE included: the lowest-ECE
-        epoch is often an underfit one), or the last with `select_epoch = "final"`."""
-        if self.spec.objective.select_epoch == "final":
-            return epoch
-        return progress.best_epoch_up_to(epoch)
-
     def step(self, config: TrialConfig, epoch: int) -> int:
         """The pruner's step for `epoch` of this trial (see spec.Pruner.step)."""
         if self.spec.pruner.step == "epoch":
             return epoch
         longest = int(self.spec.space.epochs.bounds()[1])
         return -(-epoch * longest // config.epochs)  # ceil, in integers: the last is `longest`
-
-    def reported(self, progress: Progress, epoch: int) -> float:
-        """The value the pruner sees after `epoch`: the objective metric's mean over seeds at
-        the chosen epoch so far, so a pruned trial's value (its last report) is its attrs'."""
-        metric = "val_ece" if self.spec.objective.metric == "val_ece" else "val_acc"
-        return progress.mean(metric, self.chosen_epoch(progress, epoch))
 
     def resume(
         self, trial: optuna.Trial, config: TrialConfig, runs: list[SeedRun], prunes: bool
@@ -256,7 +267,9 @@ class Objective:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 for epoch in range(1, progress.epochs_run + 1):
-                    trial.report(self.reported(progress, epoch), self.step(config, epoch))
+                    trial.report(
+                        progress.reported(self.spec.objective, epoch), self.step(config, epoch)
+                    )
         return progress
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -351,7 +364,7 @@ class Objective:
             if self._writer is not None:
                 state = {"seeds": [r.state_dict() for r in runs], "progress": progress.state_dict()}
                 self._writer.epoch_done(epoch, state)
-            value = self.reported(progress, epoch)
+            value = progress.reported(self.spec.objective, epoch)
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, epoch, config.epochs, value)
             if prunes:
@@ -378,7 +391,7 @@ class Objective:
         self, runs: list[SeedRun], progress: Progress, test_set: TestSet, epoch: int
     ) -> dict[str, Any]:
         """Validation and test results per seed of the models chosen after `epoch` epochs."""
-        chosen = self.chosen_epoch(progress, epoch)
+        chosen = progress.chosen_epoch(self.spec.objective, epoch)
         final = self.spec.objective.select_epoch == "final"
         val_logits = progress.last_logits if final else progress.best_logits
         per_seed = []
@@ -417,7 +430,7 @@ class Objective:
         """Write the trial's user attrs at the chosen epoch and return them."""
         history = progress.history
         epochs_run = progress.epochs_run
-        chosen = self.chosen_epoch(progress, epochs_run)
+        chosen = progress.chosen_epoch(self.spec.objective, epochs_run)
         final = self.spec.objective.select_epoch == "final"
         logits = progress.last_logits if final else progress.best_logits
         at_chosen = [curve[chosen - 1] for curve in history]

@@ -5,8 +5,9 @@ pruner's warm-up and interval. Run an unpruned search, then read its learning cu
     python scripts/pruning_signal.py --study digits-unpruned
 
 For each epoch k it prints the Spearman rank correlation, over the complete trials, between
-the value the pruner would have seen after k epochs (the best mean validation accuracy over
-seeds so far, as lsearch reports it) and the trial's final value. A pruner that checks at an
+the value the pruner saw after k epochs (lsearch's own `Progress.reported`, rebuilt from the
+trial's recorded curves under the study's stored objective settings) and the trial's final
+value. A pruner that checks at an
 epoch of low correlation prunes good trials by chance.
 """
 
@@ -14,25 +15,24 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
+from lsearch.objective import Progress
+from lsearch.search import SPEC_ATTR
+from lsearch.spec import Objective, StudySpec
 from lsearch.storage import open_storage, resolve_url
 
 
-def reported_curve(curves: list[list[float]]) -> np.ndarray:
-    """The pruner's view of a trial: the running best of the mean over seeds."""
-    return np.maximum.accumulate(np.mean(np.asarray(curves, dtype=float), axis=0))
-
-
-def signal(trials: list[optuna.trial.FrozenTrial], epochs: int) -> list[tuple[int, float]]:
-    views = [reported_curve(t.user_attrs["curve_val_acc"]) for t in trials]
-    final = np.array([view[-1] for view in views])
+def signal(
+    trials: list[optuna.trial.FrozenTrial], objective: Objective, epochs: int
+) -> list[tuple[int, float]]:
+    runs = [Progress.from_curves(t.user_attrs) for t in trials]
+    final = [p.reported(objective, p.epochs_run) for p in runs]
     out = []
     for k in range(1, epochs + 1):
-        at_k = np.array([view[min(k, len(view)) - 1] for view in views])
+        at_k = [p.reported(objective, min(k, p.epochs_run)) for p in runs]
         out.append((k, float(spearmanr(at_k, final).statistic)))
     return out
 
@@ -45,13 +45,14 @@ def main() -> None:
     args = parser.parse_args()
     storage = open_storage(resolve_url(args.storage), must_exist=True)
     study = optuna.load_study(study_name=args.study, storage=storage)
+    objective = StudySpec.model_validate(study.user_attrs[SPEC_ATTR]).objective
     trials = [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "curve_val_acc" in t.user_attrs
+        if "curve_val_ece" in t.user_attrs
     ]  # fmt: skip
     print(f"{len(trials)} complete trials of {args.study}")
     print("epoch  Spearman(value after the epoch, final value)")
-    for k, rho in signal(trials, args.epochs):
+    for k, rho in signal(trials, objective, args.epochs):
         print(f"{k:5d}  {rho:+.2f}")
 
 

@@ -249,13 +249,16 @@ def test_every_s_spaces_the_writes_and_a_failed_write_is_raised_in_training() ->
 
 
 def test_the_pruning_signal_script_ranks_the_pruner_s_view_against_the_final_value() -> None:
-    """scripts/pruning_signal.py, on curves worked by hand: the pruner's view is the running
-    best of the mean over seeds, and Spearman's rho of ranks (1, 2, 3) against (3, 1, 2) is
-    1 - 6 * (4 + 1 + 1) / (3 * 8) = -0.5."""
+    """scripts/pruning_signal.py, on curves worked by hand, through lsearch's own view of a
+    trial (Progress.from_curves, Progress.reported). Spearman's rho of ranks (1, 2, 3) against
+    (3, 1, 2) is 1 - 6 * (4 + 1 + 1) / (3 * 8) = -0.5."""
     import importlib.util
     from pathlib import Path
 
     from optuna.trial import create_trial
+
+    from lsearch.objective import Progress
+    from lsearch.spec import Objective
 
     path = Path(__file__).parent.parent / "scripts" / "pruning_signal.py"
     spec = importlib.util.spec_from_file_location("pruning_signal", path)
@@ -263,10 +266,19 @@ def test_the_pruning_signal_script_ranks_the_pruner_s_view_against_the_final_val
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
 
-    assert script.reported_curve([[0.4, 0.3], [0.6, 0.3]]).tolist() == [0.5, 0.5]
+    def attrs(val_acc: list[list[float]]) -> dict[str, list[list[float]]]:
+        other = [[0.0] * len(curve) for curve in val_acc]
+        return {"curve_val_acc": val_acc, "curve_train_loss": other,
+                "curve_val_loss": other, "curve_val_ece": other}  # fmt: skip
+
+    best, final = Objective(select_epoch="best"), Objective(select_epoch="final")
+    dip = Progress.from_curves(attrs([[0.4, 0.3], [0.6, 0.3]]))  # mean 0.5, then 0.3
+    assert dip.epochs_run == 2 and dip.history[1][0].val_acc == 0.6
+    assert dip.reported(best, 2) == pytest.approx(0.5)
+    assert dip.reported(final, 2) == pytest.approx(0.3)
     curves = [[[0.1, 0.9]], [[0.2, 0.5]], [[0.3, 0.7]]]
-    trials = [create_trial(value=c[0][-1], user_attrs={"curve_val_acc": c}) for c in curves]
-    (k1, rho1), (k2, rho2) = script.signal(trials, epochs=2)
+    trials = [create_trial(value=c[0][-1], user_attrs=attrs(c)) for c in curves]
+    (k1, rho1), (k2, rho2) = script.signal(trials, best, epochs=2)
     assert (k1, k2) == (1, 2)
     assert rho1 == pytest.approx(-0.5) and rho2 == pytest.approx(1.0)
 
