@@ -282,6 +282,7 @@ def test_a_killed_compare_worker_s_seed_run_resumes_from_its_checkpoint(tmp_path
         "--set", "data.train_per_class=50", "--set", "data.val_per_class=50",
         "--set", "baseline.epochs=20", "--set", "train.patience=100",
         "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3",
+        "--set", "checkpoint.every_s=0",  # after every epoch, so the kill lands after one
         "--metric", "test_acc", "--metric", "test_ece",
     ]  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'crash.db'}"

@@ -114,6 +114,8 @@ CRASH_ARGS = (
     # Reports every epoch but never prunes: the intermediate values must come out unbroken.
     "--set", "pruner.n_startup_trials=1000",
     "--heartbeat-interval", "1", "--grace-period", "3",
+    # A checkpoint after every epoch (the study's 10 s would outlast these trials' epochs).
+    "--set", "checkpoint.every_s=0",
 )  # fmt: skip
 
 
