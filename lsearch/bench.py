@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from lsearch.data import ImagePool, Split, load_pool, split_for_seed
+from lsearch.data import ImagePool, Split, TestSet, load_pool, load_test_set, split_for_seed
 from lsearch.devices import describe_device
 from lsearch.errors import UserError
 from lsearch.models import LayeredModel, build_model
@@ -34,6 +34,8 @@ from lsearch.train import SeedRun, make_optimizer, seed_everything, start_seed_r
 # Shapes of the datasets lsearch knows: channels, side, classes.
 SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10)}
 SEARCH_TRIALS = 100
+# A search's metric and the held-out metric its best configuration is judged by.
+TEST_METRIC = {"val_acc": "test_acc", "val_ece": "test_ece"}
 
 
 @dataclass
@@ -318,17 +320,22 @@ class SearchRun:
     wall_s: float
     best_value: float
     pruned_trials: int
+    # The best trial's configuration trained again on fresh seeds and measured on the held-out
+    # test set (the study metric's test counterpart, mean over the seeds): what the search's
+    # answer is worth on data it never read, free of the best value's winner's curse.
+    test_value: float | None = None
 
 
 def run_search(
     spec: StudySpec, pool: ImagePool, device: torch.device, trials: int, sampler_seed: int,
-    prune: bool,
+    prune: bool, held_out: tuple[TestSet, Sequence[int]] | None = None,
 ) -> SearchRun:  # fmt: skip
     """One search in memory, as `lsearch run --trials N` runs it, with the study's pruner or
-    with none."""
+    with none; with `held_out` (the test set and fresh seeds), its best configuration is then
+    trained on those seeds and measured on the test set."""
     import optuna
 
-    from lsearch.objective import Objective
+    from lsearch.objective import Objective, TrialConfig
     from lsearch.search import build_pruner, build_sampler, run_until
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -347,6 +354,14 @@ def run_search(
         int(t.user_attrs.get("epochs_trained", 0)) * len(t.user_attrs.get("seeds", []))
         for t in finished
     )
+    test_value = None
+    if held_out is not None:
+        test_set, seeds = held_out
+        config = TrialConfig(**study.best_trial.user_attrs["config"])
+        attrs = Objective(spec, pool, device).train(
+            study.ask(), config, seeds, prunes=False, test_set=test_set
+        )
+        test_value = float(attrs[TEST_METRIC[spec.objective.metric]])
     return SearchRun(
         sampler_seed=sampler_seed,
         pruned=prune,
@@ -354,6 +369,7 @@ def run_search(
         wall_s=wall,
         best_value=float(study.best_value),
         pruned_trials=sum(t.state.name == "PRUNED" for t in finished),
+        test_value=test_value,
     )
 
 
@@ -363,16 +379,21 @@ def bench_search(
     trials: int,
     sampler_seeds: int,
     on_run: Callable[[SearchRun], None] | None = None,
+    test_seeds: int = 5,
 ) -> list[SearchRun]:
     """The study's search with its pruner and with none, over `sampler_seeds` sampler seeds
-    (one search against one search is noise)."""
+    (one search against one search is noise); each search's best configuration is measured
+    on the test set over the same `test_seeds` fresh seeds."""
+    from lsearch.compare import fresh_seeds
+
     if len(spec.objective.directions) != 1:
         raise UserError("bench --search needs a single-objective study (pruning needs one)")
     pool = load_pool(spec.data, device)
+    held_out = (load_test_set(spec.data, device), fresh_seeds(spec.seeds, test_seeds))
     runs = []
     for seed in range(sampler_seeds):
         for prune in (True, False):
-            runs.append(run_search(spec, pool, device, trials, seed, prune))
+            runs.append(run_search(spec, pool, device, trials, seed, prune, held_out))
             if on_run is not None:
                 on_run(runs[-1])
     return runs
@@ -399,5 +420,11 @@ def summarise_search(runs: list[SearchRun]) -> dict[str, Any]:
     pairs = list(zip(arm(True), arm(False), strict=True))
     out["work_share"] = stats([p.seed_epochs / u.seed_epochs for p, u in pairs])
     out["best_value_difference"] = stats([p.best_value - u.best_value for p, u in pairs])
+    if all(run.test_value is not None for run in runs):
+        for name, pruned in (("pruned", True), ("unpruned", False)):
+            out[name]["test_value"] = stats([r.test_value for r in arm(pruned)])  # type: ignore[misc]
+        out["test_value_difference"] = stats(
+            [p.test_value - u.test_value for p, u in pairs]  # type: ignore[operator]
+        )
     out["sampler_seeds"] = len(pairs)
     return out

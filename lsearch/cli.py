@@ -832,7 +832,8 @@ def bench(
         typer.Option(
             "--search",
             help="Instead, run the study's search with its pruner and with none, over several "
-            "sampler seeds, and compare the work and the best values (in memory)",
+            "sampler seeds, and compare the work, the best values and the chosen configurations "
+            "on the test set over 5 new seeds (in memory)",
         ),
     ] = False,
     trials: Annotated[int, typer.Option(help="Trials per search, with --search")] = 100,
@@ -907,11 +908,13 @@ def _bench_search(spec: Any, device: Any, trials: int, sampler_seeds: int, as_js
     def on_run(run: Any) -> None:
         err.print(
             f"  sampler seed {run.sampler_seed}, {'pruned' if run.pruned else 'unpruned'}: "
-            f"{run.seed_epochs} seed-epochs, {run.wall_s:.0f} s, best {run.best_value:.4f}",
+            f"{run.seed_epochs} seed-epochs, {run.wall_s:.0f} s, best {run.best_value:.4f}, "
+            f"its configuration on the test set {run.test_value:.4f}",
             highlight=False,
         )
 
-    runs = benchmark.bench_search(spec, device, trials, sampler_seeds, on_run)
+    test_seeds = 5
+    runs = benchmark.bench_search(spec, device, trials, sampler_seeds, on_run, test_seeds)
     summary = benchmark.summarise_search(runs)
     if as_json:
         summary["runs"] = [asdict(run) for run in runs]
@@ -919,21 +922,30 @@ def _bench_search(spec: Any, device: Any, trials: int, sampler_seeds: int, as_js
         return
     table = Table(title=f"{spec.name}: {trials} trials, median \\[min, max] over "
                   f"{sampler_seeds} sampler seeds")  # fmt: skip
-    for column in ("", "seed-epochs", "wall s", "best value"):
-        table.add_column(column, justify="right")
+    columns = (("seed_epochs", "seed-epochs", ",.0f"), ("wall_s", "wall s", ".0f"),
+               ("best_value", "best value", ".4f"),
+               ("test_value", f"best config, test ({test_seeds} new seeds)", ".4f"))  # fmt: skip
+    table.add_column("")
+    for _, title, _ in columns:
+        table.add_column(title, justify="right")
     for arm in ("pruned", "unpruned"):
         row = summary[arm]
         table.add_row(arm, *(
             f"{row[k]['median']:{fmt}} [{row[k]['min']:{fmt}}, {row[k]['max']:{fmt}}]"
-            for k, fmt in (("seed_epochs", ",.0f"), ("wall_s", ".0f"), ("best_value", ".4f"))
+            for k, _, fmt in columns
         ))  # fmt: skip
     out.print(table)
-    share, diff = summary["work_share"], summary["best_value_difference"]
+
+    def pp(diff: dict[str, float]) -> str:
+        return (f"{diff['median'] * 100:+.2f} pp [{diff['min'] * 100:+.2f}, "
+                f"{diff['max'] * 100:+.2f}]")  # fmt: skip
+
+    share = summary["work_share"]
     out.print(
         f"pruning trained {share['median']:.0%} of the unpruned seed-epochs "
-        f"[{share['min']:.0%}, {share['max']:.0%}]; best value pruned minus unpruned "
-        f"{diff['median'] * 100:+.2f} pp [{diff['min'] * 100:+.2f}, {diff['max'] * 100:+.2f}], "
-        "paired by sampler seed",
+        f"[{share['min']:.0%}, {share['max']:.0%}]; pruned minus unpruned, paired by sampler "
+        f"seed: best value {pp(summary['best_value_difference'])}, its configuration on the "
+        f"test set {pp(summary['test_value_difference'])}",
         highlight=False,
     )
 

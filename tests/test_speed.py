@@ -284,21 +284,28 @@ def test_the_pruning_signal_script_ranks_the_pruner_s_view_against_the_final_val
 
 
 def test_search_summary_pairs_the_arms_by_sampler_seed() -> None:
-    """Worked by hand: shares 300/1000, 500/1000, 200/800 = 0.3, 0.5, 0.25 (median 0.3) and
-    best-value differences -0.02, 0, -0.03 (median -0.02)."""
+    """Worked by hand: shares 300/1000, 500/1000, 200/800 = 0.3, 0.5, 0.25 (median 0.3),
+    best-value differences -0.02, 0, -0.03 (median -0.02) and test-value differences
+    0.01, -0.02, 0 (median 0)."""
     runs = []
     for seed, pruned, unpruned in (
-        (0, (300, 10.0, 0.95), (1000, 40.0, 0.97)),
-        (1, (500, 20.0, 0.96), (1000, 50.0, 0.96)),
-        (2, (200, 5.0, 0.90), (800, 30.0, 0.93)),
+        (0, (300, 10.0, 0.95, 0.92), (1000, 40.0, 0.97, 0.91)),
+        (1, (500, 20.0, 0.96, 0.90), (1000, 50.0, 0.96, 0.92)),
+        (2, (200, 5.0, 0.90, 0.88), (800, 30.0, 0.93, 0.88)),
     ):
-        for is_pruned, (seed_epochs, wall, best) in ((True, pruned), (False, unpruned)):
-            runs.append(SearchRun(seed, is_pruned, seed_epochs, wall, best, 0))
+        for is_pruned, (seed_epochs, wall, best, test) in ((True, pruned), (False, unpruned)):
+            runs.append(SearchRun(seed, is_pruned, seed_epochs, wall, best, 0, test))
     summary = summarise_search(runs)
     assert summary["sampler_seeds"] == 3
     assert summary["work_share"] == pytest.approx({"median": 0.3, "min": 0.25, "max": 0.5})
     assert summary["best_value_difference"] == pytest.approx(
         {"median": -0.02, "min": -0.03, "max": 0.0}
+    )
+    assert summary["test_value_difference"] == pytest.approx(
+        {"median": 0.0, "min": -0.02, "max": 0.01}
+    )
+    assert summary["pruned"]["test_value"] == pytest.approx(
+        {"median": 0.90, "min": 0.88, "max": 0.92}
     )
     assert summary["pruned"]["seed_epochs"] == {"median": 300.0, "min": 200.0, "max": 500.0}
     assert summary["unpruned"]["wall_s"] == {"median": 40.0, "min": 30.0, "max": 50.0}
@@ -320,5 +327,10 @@ def test_bench_search_json_counts_every_seed_epoch_and_shows_progress(tmp_path) 
     assert [run["seed_epochs"] for run in unpruned] == [27]
     assert 0 < pruned[0]["seed_epochs"] <= 27
     assert summary["work_share"]["median"] == pytest.approx(pruned[0]["seed_epochs"] / 27)
+    # Each arm's best configuration, measured on the 500 test images over 5 new seeds.
+    tests = [run["test_value"] for run in (pruned[0], unpruned[0])]
+    for value in tests:  # a mean of 5 accuracies over 500 images: a multiple of 1/2500
+        assert 0 < value <= 1 and value * 2500 == pytest.approx(round(value * 2500))
+    assert summary["test_value_difference"]["median"] == pytest.approx(tests[0] - tests[1])
     assert "sampler seed 0, unpruned: 27 seed-epochs" in result.stderr
     assert list(tmp_path.iterdir()) == []  # in memory: no storage left behind
