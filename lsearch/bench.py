@@ -324,6 +324,7 @@ class SearchRun:
     # test set (the study metric's test counterpart, mean over the seeds): what the search's
     # answer is worth on data it never read, free of the best value's winner's curse.
     test_value: float | None = None
+    best_config: dict[str, Any] = field(default_factory=dict)  # the best trial's configuration
 
 
 def run_search(
@@ -355,9 +356,10 @@ def run_search(
         for t in finished
     )
     test_value = None
+    best_config = study.best_trial.user_attrs["config"]
     if held_out is not None:
         test_set, seeds = held_out
-        config = TrialConfig(**study.best_trial.user_attrs["config"])
+        config = TrialConfig(**best_config)
         attrs = Objective(spec, pool, device).train(
             study.ask(), config, seeds, prunes=False, test_set=test_set
         )
@@ -370,6 +372,7 @@ def run_search(
         best_value=float(study.best_value),
         pruned_trials=sum(t.state.name == "PRUNED" for t in finished),
         test_value=test_value,
+        best_config=best_config,
     )
 
 

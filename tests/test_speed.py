@@ -334,3 +334,29 @@ def test_bench_search_json_counts_every_seed_epoch_and_shows_progress(tmp_path) 
     assert summary["test_value_difference"]["median"] == pytest.approx(tests[0] - tests[1])
     assert "sampler seed 0, unpruned: 27 seed-epochs" in result.stderr
     assert list(tmp_path.iterdir()) == []  # in memory: no storage left behind
+
+
+def test_a_search_s_test_value_is_its_best_configuration_trained_on_the_new_seeds() -> None:
+    """The test value is the best trial's configuration trained again on the given seeds and
+    measured on the test set: the same number as training it so by hand."""
+    import optuna
+
+    from lsearch.bench import run_search
+    from lsearch.data import load_test_set
+    from lsearch.objective import Objective, TrialConfig
+
+    spec = load_spec("digits", [o for o in TINY if o != "--set"])
+    cpu = torch.device("cpu")
+    pool, test_set = load_pool(spec.data, cpu), load_test_set(spec.data, cpu)
+    run = run_search(spec, pool, cpu, 4, 0, prune=False, held_out=(test_set, [5, 6]))
+    config = TrialConfig(**run.best_config)
+    by_hand = Objective(spec, pool, cpu).train(
+        optuna.create_study().ask(), config, [5, 6], prunes=False, test_set=test_set
+    )
+    assert run.test_value == by_hand["test_acc"]
+    assert by_hand["test_acc"] == pytest.approx(sum(by_hand["test_acc_per_seed"]) / 2)
+    # Seeds 5 and 6 are not the search's: its own seeds give another number.
+    search_seeds = Objective(spec, pool, cpu).train(
+        optuna.create_study().ask(), config, spec.seeds, prunes=False, test_set=test_set
+    )
+    assert search_seeds["test_acc"] != run.test_value
