@@ -323,17 +323,17 @@ class SearchRun:
     # The best trial's configuration trained again on fresh seeds and measured on the held-out
     # test set (the study metric's test counterpart, mean over the seeds): what the search's
     # answer is worth on data it never read, free of the best value's winner's curse.
-    test_value: float | None = None
-    best_config: dict[str, Any] = field(default_factory=dict)  # the best trial's configuration
+    test_value: float
+    best_config: dict[str, Any]  # the best trial's configuration
 
 
 def run_search(
     spec: StudySpec, pool: ImagePool, device: torch.device, trials: int, sampler_seed: int,
-    prune: bool, held_out: tuple[TestSet, Sequence[int]] | None = None,
+    prune: bool, held_out: tuple[TestSet, Sequence[int]],
 ) -> SearchRun:  # fmt: skip
     """One search in memory, as `lsearch run --trials N` runs it, with the study's pruner or
-    with none; with `held_out` (the test set and fresh seeds), its best configuration is then
-    trained on those seeds and measured on the test set."""
+    with none; its best configuration is then trained on `held_out`'s fresh seeds and
+    measured on its test set."""
     import optuna
 
     from lsearch.objective import Objective, TrialConfig
@@ -355,15 +355,12 @@ def run_search(
         int(t.user_attrs.get("epochs_trained", 0)) * len(t.user_attrs.get("seeds", []))
         for t in finished
     )
-    test_value = None
     best_config = study.best_trial.user_attrs["config"]
-    if held_out is not None:
-        test_set, seeds = held_out
-        config = TrialConfig(**best_config)
-        attrs = Objective(spec, pool, device).train(
-            study.ask(), config, seeds, prunes=False, test_set=test_set
-        )
-        test_value = float(attrs[TEST_METRIC[spec.objective.metric]])
+    test_set, seeds = held_out
+    attrs = Objective(spec, pool, device).train(
+        study.ask(), TrialConfig(**best_config), seeds, prunes=False, test_set=test_set
+    )
+    test_value = float(attrs[TEST_METRIC[spec.objective.metric]])
     return SearchRun(
         sampler_seed=sampler_seed,
         pruned=prune,
@@ -419,15 +416,11 @@ def summarise_search(runs: list[SearchRun]) -> dict[str, Any]:
             "seed_epochs": stats([float(r.seed_epochs) for r in chosen]),
             "wall_s": stats([r.wall_s for r in chosen]),
             "best_value": stats([r.best_value for r in chosen]),
+            "test_value": stats([r.test_value for r in chosen]),
         }
     pairs = list(zip(arm(True), arm(False), strict=True))
     out["work_share"] = stats([p.seed_epochs / u.seed_epochs for p, u in pairs])
     out["best_value_difference"] = stats([p.best_value - u.best_value for p, u in pairs])
-    if all(run.test_value is not None for run in runs):
-        for name, pruned in (("pruned", True), ("unpruned", False)):
-            out[name]["test_value"] = stats([r.test_value for r in arm(pruned)])  # type: ignore[misc]
-        out["test_value_difference"] = stats(
-            [p.test_value - u.test_value for p, u in pairs]  # type: ignore[operator]
-        )
+    out["test_value_difference"] = stats([p.test_value - u.test_value for p, u in pairs])
     out["sampler_seeds"] = len(pairs)
     return out

@@ -7,8 +7,7 @@ pruner's warm-up and interval. Run an unpruned search, then read its learning cu
 For each epoch k it prints the Spearman rank correlation, over the complete trials, between
 the value the pruner saw after k epochs (lsearch's own `Progress.reported`, rebuilt from the
 trial's recorded curves under the study's stored objective settings) and the trial's final
-value. A pruner that checks at an
-epoch of low correlation prunes good trials by chance.
+value. A pruner that checks at an epoch of low correlation prunes good trials by chance.
 """
 
 from __future__ import annotations

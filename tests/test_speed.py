@@ -294,7 +294,7 @@ def test_search_summary_pairs_the_arms_by_sampler_seed() -> None:
         (2, (200, 5.0, 0.90, 0.88), (800, 30.0, 0.93, 0.88)),
     ):
         for is_pruned, (seed_epochs, wall, best, test) in ((True, pruned), (False, unpruned)):
-            runs.append(SearchRun(seed, is_pruned, seed_epochs, wall, best, 0, test))
+            runs.append(SearchRun(seed, is_pruned, seed_epochs, wall, best, 0, test, {}))
     summary = summarise_search(runs)
     assert summary["sampler_seeds"] == 3
     assert summary["work_share"] == pytest.approx({"median": 0.3, "min": 0.25, "max": 0.5})
@@ -332,6 +332,9 @@ def test_bench_search_json_counts_every_seed_epoch_and_shows_progress(tmp_path) 
     for value in tests:  # a mean of 5 accuracies over 500 images: a multiple of 1/2500
         assert 0 < value <= 1 and value * 2500 == pytest.approx(round(value * 2500))
     assert summary["test_value_difference"]["median"] == pytest.approx(tests[0] - tests[1])
+    # The pruner waits for 3 complete trials: both arms run the same 3 and choose alike, and
+    # the choice is measured on the same new seeds in both.
+    assert pruned[0]["best_config"] == unpruned[0]["best_config"] and tests[0] == tests[1]
     assert "sampler seed 0, unpruned: 27 seed-epochs" in result.stderr
     assert list(tmp_path.iterdir()) == []  # in memory: no storage left behind
 
