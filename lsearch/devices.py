@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -117,11 +118,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_determinism(device: torch.device, deterministic: bool) -> None:
-    """On CUDA, deterministic cuDNN convolutions and cuBLAS workspaces, so a rerun repeats
-    its numbers (`train.deterministic`, the default); or cuDNN autotuning, which picks the
-    fastest kernels for each shape and gives up bit-exact reruns. A few CUDA kernels (the
-    average-pool backward in ResNet among them) add with atomics and may still differ in the
-    last bits between runs. The CPU's kernels are deterministic either way."""
+    """On CUDA, deterministic cuDNN convolutions and cuBLAS workspaces, so that a rerun can
+    repeat its numbers (`train.deterministic`, the default); or cuDNN autotuning, which picks
+    the fastest kernels for each shape and gives up repeatable reruns. Whether reruns are
+    bit-exact on a given GPU is measured by `scripts/gpu_check.sh`, not promised here. The
+    CPU's kernels are deterministic either way."""
     if device.type != "cuda":
         return
     if deterministic:
@@ -130,13 +131,87 @@ def set_determinism(device: torch.device, deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
+PRECISION_ENV = "LSEARCH_PRECISION"
+PRECISIONS = ("auto", "bfloat16", "float16", "float32")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
+# cuDNN has bfloat16 convolutions from compute capability 8.0 (Ampere) on.
+BF16_CAPABILITY = (8, 0)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The mixed-precision dtype a device trains under (None: plain float32), and why."""
+
+    dtype: torch.dtype | None
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+    @property
+    def scales_gradients(self) -> bool:
+        """float16 needs a gradient scaler (its range underflows small gradients)."""
+        return self.dtype == torch.float16
+
+
+def requested_precision(precision: str = "auto") -> str:
+    """`train.precision`, unless $LSEARCH_PRECISION overrides it (the GPU check uses the
+    variable to run the float16 path on a GPU that has bfloat16)."""
+    chosen = os.environ.get(PRECISION_ENV) or precision
+    if chosen not in PRECISIONS:
+        raise UserError(
+            f"precision {chosen!r} (train.precision or ${PRECISION_ENV}) is not one of "
+            f"{', '.join(PRECISIONS)}"
+        )
+    return chosen
+
+
 @functools.cache
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The mixed-precision dtype on `device` (checked once per process): bfloat16 where the
-    GPU has it, float16 (with a gradient scaler) otherwise; None on the CPU."""
+def autocast_precision(device: torch.device, precision: str = "auto") -> Precision:
+    """The mixed-precision dtype on `device` (checked once per process and precision).
+
+    `auto`: bfloat16 on GPUs of compute capability 8.0 and above, float16 with a gradient
+    scaler below (a T4 or V100: cuDNN has no bfloat16 convolutions there, although
+    `torch.cuda.is_bf16_supported()` answers True by emulation); float32 on the CPU.
+    `bfloat16`, `float16` or `float32` force one; bfloat16 where the GPU lacks it and any
+    mixed precision on the CPU are user errors.
+
+    >>> autocast_precision(torch.device("cpu")).name
+    'float32'
+    """
+    if precision == "float32":
+        return Precision(None, "float32 asked for (train.precision)")
     if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if precision != "auto":
+            raise UserError(
+                f"precision {precision} needs a CUDA GPU; on the CPU lsearch trains in float32 "
+                '(set train.precision = "auto")'
+            )
+        return Precision(None, "the CPU trains in float32")
+    major, minor = torch.cuda.get_device_capability(device)
+    native_bf16 = (major, minor) >= BF16_CAPABILITY and torch.cuda.is_bf16_supported(
+        including_emulation=False
+    )
+    if precision == "bfloat16" and not native_bf16:
+        raise UserError(
+            f"precision bfloat16 needs compute capability 8.0 or above; {device} has "
+            f'{major}.{minor}: use train.precision = "float16" or "auto"'
+        )
+    if precision in ("bfloat16", "float16"):
+        return Precision(_DTYPES[precision], f"{precision} asked for (train.precision)")
+    if native_bf16:
+        return Precision(torch.bfloat16, f"compute capability {major}.{minor} has bfloat16")
+    return Precision(
+        torch.float16,
+        f"compute capability {major}.{minor} has no bfloat16 convolutions: float16 with a "
+        "gradient scaler",
+    )
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype of `autocast_precision` (None: no autocast)."""
+    return autocast_precision(device, precision).dtype
 
 
 def describe_device(device: torch.device) -> str:

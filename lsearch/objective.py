@@ -205,7 +205,7 @@ class Objective:
         self.cores = cores  # re-divided before each trial, as workers come and go
         self.prunes = len(spec.objective.directions) == 1 and spec.pruner.type != "none"
         self._splits: dict[int, Split] = {}
-        self.features = FeatureCache()
+        self.features = FeatureCache.for_device(device)  # see train.feature_cache_budget
         self._writer: CheckpointWriter | None = None  # the running trial's
 
     def split(self, seed: int) -> Split:
@@ -304,6 +304,7 @@ class Objective:
         if self.cores is not None:
             trial.set_user_attr("threads", self.cores.refresh())
         started = time.perf_counter()
+        self.features.new_trial()
         runs = [self.start(seed, config) for seed in seeds]
         progress = self.resume(trial, config, runs, prunes) or Progress([[] for _ in runs])
         first_epoch = progress.epochs_run + 1

@@ -177,6 +177,10 @@ class Train(_Frozen):
     # Bit-exact reruns and resumes on CUDA (deterministic cuDNN and cuBLAS). false: cuDNN
     # picks the fastest kernels (autotuning), and a resumed trial may differ in the last bits.
     deterministic: bool = True
+    # Mixed precision on CUDA: "auto" is bfloat16 from compute capability 8.0 on, float16 with
+    # a gradient scaler below; "float16", "bfloat16" or "float32" force one (the environment
+    # variable LSEARCH_PRECISION overrides this key). The CPU always trains in float32.
+    precision: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
 
 
 class Objective(_Frozen):

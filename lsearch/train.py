@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from lsearch import interrupts, metrics
 from lsearch.augment import prepare
 from lsearch.data import ImagePool, Split
-from lsearch.devices import autocast_dtype
+from lsearch.devices import Precision, autocast_precision, requested_precision
 from lsearch.models import LayeredModel
 from lsearch.spec import Data, Train
 
@@ -67,34 +67,105 @@ class EpochMetrics:
     val_ece: float
 
 
-FEATURE_CACHE_BYTES = 1 << 30
+CPU_FEATURE_CACHE_BYTES = 1 << 30
+# The share of a GPU's free memory (when the process starts) the feature cache may fill.
+GPU_FEATURE_CACHE_SHARE = 0.25
+
+
+def feature_cache_budget(device: torch.device) -> tuple[int, str]:
+    """How many bytes of validation features a process keeps on `device`, and why: a
+    quarter of the GPU's free memory (other workers may share it, and a trial's training
+    needs the rest), or 1 GiB on the CPU.
+
+    >>> feature_cache_budget(torch.device("cpu"))
+    (1073741824, '1.0 GiB on the CPU')
+    """
+    if device.type != "cuda":
+        return CPU_FEATURE_CACHE_BYTES, f"{CPU_FEATURE_CACHE_BYTES / 2**30:.1f} GiB on the CPU"
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = int(free * GPU_FEATURE_CACHE_SHARE)
+    return budget, (
+        f"{budget / 2**30:.1f} GiB, a quarter of the {free / 2**30:.1f} GiB free on {device}"
+    )
 
 
 class FeatureCache:
     """The frozen prefix's features of validation images, computed once and reused: by
     every epoch of a seed run, and by later trials of the same process that share the seed
-    and `trainable_layers` (same frozen prefix, same images). Least recently used entries
-    go first once the total passes `budget_bytes` (1 GiB); a tensor larger than the budget
-    is not kept, and its seed run computes the features every epoch as before."""
+    and `trainable_layers` (same frozen prefix, same images).
 
-    def __init__(self, budget_bytes: int = FEATURE_CACHE_BYTES) -> None:
+    The budget is never overrun, and the cache never thrashes: an entry that a trial has
+    used is kept for the rest of that trial (`new_trial` starts the next), entries of earlier
+    trials make room least recently used first, and a tensor that still does not fit is not
+    kept (its seed run computes the features every epoch, the others hit). An LRU alone would
+    miss on every `get` when a trial's seeds cycle through more features than fit.
+
+    >>> cache = FeatureCache(budget_bytes=16)  # room for four float32 numbers
+    >>> [cache.put(key, torch.zeros(n)) for key, n in (("a", 2), ("b", 2), ("c", 1))]
+    [True, True, False]
+    >>> cache.get("a") is not None, cache.get("c"), cache.hits, cache.misses
+    (True, None, 1, 1)
+    """
+
+    def __init__(self, budget_bytes: int = CPU_FEATURE_CACHE_BYTES, basis: str = "") -> None:
         self.budget_bytes = budget_bytes
-        self._items: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self.basis = basis or f"{budget_bytes} bytes"
+        self.hits = 0
+        self.misses = 0
+        self._trial = 0
+        # key -> (features, the trial that last used them); oldest use first
+        self._items: OrderedDict[Hashable, tuple[torch.Tensor, int]] = OrderedDict()
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> FeatureCache:
+        return cls(*feature_cache_budget(device))
+
+    @property
+    def bytes(self) -> int:
+        return sum(_nbytes(features) for features, _ in self._items.values())
+
+    def new_trial(self) -> None:
+        """Entries used so far may now make room for the next trial's."""
+        self._trial += 1
 
     def get(self, key: Hashable) -> torch.Tensor | None:
         found = self._items.get(key)
-        if found is not None:
-            self._items.move_to_end(key)
-        return found
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items[key] = (found[0], self._trial)
+        self._items.move_to_end(key)
+        return found[0]
 
     def put(self, key: Hashable, features: torch.Tensor) -> bool:
-        size = features.numel() * features.element_size()
-        if size > self.budget_bytes:
+        """Keep `features` if they fit, making room from earlier trials' entries only."""
+        size = _nbytes(features)
+        self._items.pop(key, None)
+        used = self.bytes
+        for old in [k for k, (_, trial) in self._items.items() if trial < self._trial]:
+            if used + size <= self.budget_bytes:
+                break
+            used -= _nbytes(self._items.pop(old)[0])
+        if used + size > self.budget_bytes:
             return False
-        self._items[key] = features
-        while sum(t.numel() * t.element_size() for t in self._items.values()) > self.budget_bytes:
-            self._items.popitem(last=False)
+        self._items[key] = (features, self._trial)
         return True
+
+    def stats(self) -> dict[str, Any]:
+        """What `lsearch bench --json` and `lsearch doctor` show."""
+        return {
+            "budget_bytes": self.budget_bytes,
+            "budget": self.basis,
+            "entries": len(self._items),
+            "bytes": self.bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 @dataclass
@@ -113,6 +184,7 @@ class SeedRun:
     generator: torch.Generator
     device: torch.device
     scaler: torch.amp.GradScaler | None = None
+    precision: Precision = field(default_factory=lambda: Precision(None, "float32"))
     # Where the validation images' frozen-prefix features are kept, and under which key.
     features: FeatureCache = field(default_factory=FeatureCache)
     features_key: Hashable = "val"
@@ -124,10 +196,9 @@ class SeedRun:
         self.std = torch.tensor(self.pool.std, device=self.device).view(1, -1, 1, 1)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type != "cuda":
+        if self.precision.dtype is None:
             return contextlib.nullcontext()
-        dtype = autocast_dtype(self.device)
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast(self.device.type, dtype=self.precision.dtype)
 
     def _inputs(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
         x = prepare(
@@ -205,7 +276,9 @@ class SeedRun:
 
     def val_features(self) -> torch.Tensor:
         """The frozen prefix's output for the validation images: never augmented, and the
-        prefix never changes, so it is computed once (see FeatureCache)."""
+        prefix never changes, so it is computed once (see FeatureCache). Only called with a
+        frozen prefix: without one the "features" would be the inputs themselves (at 224 px,
+        600 MB in float32 for 1,000 images), which cost a resize to remake and save nothing."""
         found = self.features.get(self.features_key)
         if found is not None:
             return found
@@ -224,6 +297,8 @@ class SeedRun:
         frozen-prefix features), or of `images` (through the whole model)."""
         self.net.model.eval()
         logits = []
+        if images is None and self.net.frozen_stages == 0:
+            images = self.split.val_images
         if images is None:
             features = self.val_features()
             for part in self._chunks(features.shape[0]):
@@ -308,9 +383,8 @@ def start_seed_run(
         if train.schedule == "cosine"
         else None
     )
-    scaler = None
-    if autocast_dtype(device) == torch.float16:
-        scaler = torch.amp.GradScaler("cuda")
+    precision = autocast_precision(device, requested_precision(train.precision))
+    scaler = torch.amp.GradScaler("cuda") if precision.scales_gradients else None
     generator = torch.Generator(device=device).manual_seed(seed)
     return SeedRun(
         seed,
@@ -325,4 +399,5 @@ def start_seed_run(
         generator,
         device,
         scaler,
+        precision,
     )

@@ -74,7 +74,8 @@ def test_cached_validation_features_give_the_uncached_logits(trainable: int) -> 
         torch.testing.assert_close(
             run.net.model.eval()(run._inputs(run.split.val_images, augment=False)), cached
         )
-    assert run.features.get("val") is not None, "computed once, then kept"
+    kept = run.features.get("val") is not None
+    assert kept == (run.net.frozen_stages > 0), "computed once and kept, when a prefix is frozen"
 
 
 def test_frozen_groups_and_their_batchnorm_statistics_never_change() -> None:
@@ -139,8 +140,49 @@ def test_a_process_reuses_features_across_trials_within_its_budget() -> None:
     small = FeatureCache(budget_bytes=1000)
     assert not small.put("big", torch.zeros(1000))
     assert small.put("a", torch.zeros(100)) and small.put("b", torch.zeros(100))
-    assert small.put("c", torch.zeros(100)) and small.get("a") is None  # least recent out
+    assert not small.put("c", torch.zeros(100)), "this trial's entries are never evicted"
+    small.new_trial()
+    assert small.get("b") is not None  # used again: kept through this trial
+    assert small.put("c", torch.zeros(100)) and small.get("a") is None  # earlier trial's out
     assert small.get("b") is not None and small.get("c") is not None
+    assert small.bytes <= small.budget_bytes
+
+
+def test_three_seeds_cycling_through_a_cache_for_two_miss_once_an_epoch_not_always() -> None:
+    """With room for two of three seeds' features, LRU evicted exactly the entry needed next
+    and missed on every get (at 224 px: the prefix recomputed every epoch, the budget held
+    for nothing); now two seeds hit every epoch after the first."""
+    features = {seed: torch.zeros(100) for seed in range(3)}  # 400 bytes each
+    cache = FeatureCache(budget_bytes=800)
+    cache.new_trial()
+    for _epoch in range(5):
+        for seed, tensor in features.items():
+            if cache.get(seed) is None:
+                cache.put(seed, tensor)
+    assert (cache.hits, cache.misses) == (8, 7)
+    assert cache.stats() | {"budget": ""} == {
+        "budget_bytes": 800, "budget": "", "entries": 2, "bytes": 800, "hits": 8, "misses": 7,
+    }  # fmt: skip
+
+
+def test_a_whole_network_trial_caches_no_inputs_and_gives_the_same_logits() -> None:
+    """With nothing frozen the "features" are the preprocessed inputs: caching them saves a
+    resize and holds 600 MB per seed at 224 px. They are not cached."""
+    spec = tiny_spec(baseline={"trainable_layers": 4})  # small_cnn: all four groups train
+    cache = FeatureCache()
+    run = seed_run(spec, cache)
+    run.train_epoch()
+    torch.testing.assert_close(run.predict(), run.predict(run.split.val_images))
+    assert cache.stats()["entries"] == 0 and cache.hits == cache.misses == 0
+
+
+def test_the_gpu_feature_budget_is_a_quarter_of_the_free_memory(monkeypatch) -> None:
+    from lsearch import train
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
+    budget, basis = train.feature_cache_budget(torch.device("cuda", 0))
+    assert budget == 10 * 2**30
+    assert basis == "10.0 GiB, a quarter of the 40.0 GiB free on cuda:0"
 
 
 def test_bench_times_lsearch_and_the_usual_way_on_the_cpu() -> None:
