@@ -144,28 +144,43 @@ class RetryOrDiscardCheckpoint(RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
 
 
-def _cpu_copy(value: Any) -> Any:
-    """A copy of a (nested) state whose tensors live on the CPU and share no memory with
-    the live model, so that training may go on while it is written."""
+def snapshot(value: Any) -> Any:
+    """A copy of a (nested) state on the devices its tensors live on, sharing no memory with
+    the live model, so that training may go on while it waits to be written. On a GPU this is
+    a device-to-device copy that the training thread does not wait for; the copy to the host
+    happens only when a write starts (`to_host`), in the writer's thread."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.detach().clone()
     if isinstance(value, dict):
-        return {key: _cpu_copy(item) for key, item in value.items()}
+        return {key: snapshot(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_cpu_copy(item) for item in value)
+        return type(value)(snapshot(item) for item in value)
+    return value
+
+
+def to_host(value: Any) -> Any:
+    """A (nested) snapshot with its tensors on the CPU, for torch.save; tensors already there
+    are not copied again (a snapshot shares nothing with the live model)."""
+    if isinstance(value, torch.Tensor):
+        return value.to("cpu")
+    if isinstance(value, dict):
+        return {key: to_host(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_host(item) for item in value)
     return value
 
 
 class CheckpointWriter:
     """One trial's checkpoints, written in the background while the next epoch trains.
 
-    After each epoch the trial's state is copied (to the CPU) and kept in memory as the
-    latest. It is written when at least `every_s` seconds have passed since the last write
-    began and no write is still going; otherwise it waits in memory, and a newer epoch
-    replaces it. So training never waits for storage, a hard crash loses at most `every_s`
-    seconds plus the epochs of one write, and an interrupt (Ctrl-C, SIGTERM, --timeout)
-    writes the latest state before the trial is handed back (`flush`), losing at most the
-    epoch in flight."""
+    After each epoch the trial hands over its state as a `snapshot` (kept on the device it
+    trains on) as the latest. It is copied to the host and written when at least `every_s`
+    seconds have passed since the last write began and no write is still going; otherwise it
+    waits on the device, and a newer epoch replaces it. So training never waits for storage
+    or for a copy to the host, a hard crash loses at most `every_s` seconds plus the epochs of
+    one write, and an interrupt (Ctrl-C, SIGTERM, --timeout), which arrives in the middle of
+    an epoch, writes the last finished epoch's snapshot before the trial is handed back
+    (`flush`), losing at most the epoch in flight."""
 
     def __init__(
         self, checkpoints: Checkpoints, trial: optuna.Trial, every_s: float, written_epoch: int
@@ -180,7 +195,8 @@ class CheckpointWriter:
         self._last_start = time.monotonic()
 
     def epoch_done(self, epoch: int, state: dict[str, Any]) -> None:
-        self.latest = (epoch, _cpu_copy(state))
+        """`state` must share no memory with what training goes on changing (`snapshot`)."""
+        self.latest = (epoch, state)
         self._raise_error()
         busy = self._thread is not None and self._thread.is_alive()
         if not busy and time.monotonic() - self._last_start >= self.every_s:
@@ -214,7 +230,7 @@ class CheckpointWriter:
             self._error = exc
 
     def _write(self, epoch: int, state: dict[str, Any]) -> None:
-        self.checkpoints.save(self.trial, epoch, state)
+        self.checkpoints.save(self.trial, epoch, to_host(state))
         self.written_epoch = epoch
 
     def _raise_error(self) -> None:

@@ -34,7 +34,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from lsearch import interrupts, metrics
-from lsearch.checkpoint import CHECKPOINT_ATTR, Checkpoints, CheckpointWriter
+from lsearch.checkpoint import CHECKPOINT_ATTR, Checkpoints, CheckpointWriter, snapshot
 from lsearch.data import ImagePool, Split, TestSet, split_for_seed
 from lsearch.devices import CoreShare, describe_device
 from lsearch.evaluation import TEST_METRICS, held_out_metrics
@@ -256,11 +256,17 @@ class Objective:
         state = self.checkpoints.load(pointer, self.device)
         if state is None:
             return None
-        for run, run_state in zip(runs, state["seeds"], strict=True):
-            run.load_state_dict(run_state)
         progress = Progress.from_state_dict(state["progress"])
+        moved = [
+            run.load_state_dict(s, progress.epochs_run)
+            for run, s in zip(runs, state["seeds"], strict=True)
+        ]
         trial.set_user_attr("resumed_from_trial", history[-1])
         trial.set_user_attr("resumed_from_epoch", progress.epochs_run)
+        if any(moved):
+            # Same weights and optimizer state, new random streams (see SeedRun.load_state_dict).
+            saved_on = state["seeds"][0].get("device", "another kind of device")
+            trial.set_user_attr("resumed_on_other_device", f"{saved_on} -> {self.device.type}")
         if prunes:
             # Epochs the old trial checkpointed but died before reporting; the rest are
             # carried over by Optuna's retry callback (and re-reporting them is a no-op).
@@ -363,8 +369,10 @@ class Objective:
             if test_set is not None and epoch in test_at and epoch < config.epochs:
                 progress.held_out[epoch] = self._held_out(runs, progress, test_set, epoch)
             if self._writer is not None:
-                state = {"seeds": [r.state_dict() for r in runs], "progress": progress.state_dict()}
-                self._writer.epoch_done(epoch, state)
+                # The seeds' weights and optimizer state change in place as training goes on:
+                # they are copied on the device. Progress is already a copy of settled values.
+                seeds = snapshot([r.state_dict() for r in runs])
+                self._writer.epoch_done(epoch, {"seeds": seeds, "progress": progress.state_dict()})
             value = progress.reported(self.spec.objective, epoch)
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, epoch, config.epochs, value)

@@ -52,6 +52,15 @@ def smoothed_cross_entropy(
     return -(smoothed * log_probs).sum(dim=-1).mean()
 
 
+def resume_seed(seed: int, epoch: int) -> int:
+    """The seed of a random stream restarted after `epoch` on another kind of device.
+
+    >>> resume_seed(0, 3) == resume_seed(0, 3) != resume_seed(1, 3)
+    True
+    """
+    return int(np.random.SeedSequence((seed, epoch)).generate_state(1, np.uint64)[0] >> 1)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (model init uses its own)."""
     random.seed(seed)
@@ -259,16 +268,31 @@ class SeedRun:
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "generator": self.generator.get_state(),
+            "device": self.device.type,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], epoch: int) -> bool:
+        """Continue from `state`, saved after `epoch`; whether it came from another kind of
+        device. Weights, optimizer and scheduler carry over to any device. A random stream
+        does not: a CUDA generator's state is 16 bytes and a CPU one's 5,056, and neither
+        loads into the other, so after a move the stream restarts from a generator seeded
+        from (seed, epoch): deterministic, though not the numbers the first device would
+        have drawn. A float16 run's gradient scaler restarts where the new device has none."""
         self._load_trainable(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"].cpu())
+        generator = state["generator"].cpu()
+        # Checkpoints written before the device was recorded: tell by the state's size.
+        same_size = generator.numel() == self.generator.get_state().numel()
+        moved = state["device"] != self.device.type if "device" in state else not same_size
+        if moved:
+            self.generator.manual_seed(resume_seed(self.seed, epoch))
+        else:
+            self.generator.set_state(generator)
+        return moved
 
     def _chunks(self, count: int) -> list[slice]:
         size = self.train.eval_batch_size

@@ -104,7 +104,7 @@ def test_a_checkpoint_leaves_frozen_groups_out_and_resumes_to_the_same_numbers()
     frozen_keys = {f"block1.{k}" for k in interrupted.net.groups[3].state_dict()}
     assert frozen_keys and not frozen_keys & set(state["model"])
     resumed = seed_run(spec)
-    resumed.load_state_dict(state)
+    assert resumed.load_state_dict(state, epoch=1) is False, "same device: the same stream"
     for _ in range(2):
         resumed.train_epoch()
     torch.testing.assert_close(resumed.predict(), straight.predict(), rtol=0, atol=0)
@@ -256,14 +256,14 @@ class SlowStore:
 
 
 def test_checkpoints_are_written_in_the_background_and_never_hold_training_up() -> None:
-    from lsearch.checkpoint import CheckpointWriter
+    from lsearch.checkpoint import CheckpointWriter, snapshot
 
     store = SlowStore()
     writer = CheckpointWriter(store, trial=None, every_s=0, written_epoch=0)  # type: ignore[arg-type]
     weights = torch.zeros(1)
     for epoch in (1, 2, 3):
         weights += 1  # training goes on while epoch 1 is being written
-        writer.epoch_done(epoch, {"w": weights})
+        writer.epoch_done(epoch, snapshot({"w": weights}))  # as the objective hands it over
     assert store.saved == [], "epoch 1's write is still going; training did not wait"
     store.release.set()
     writer.flush()  # an interrupt: the last finished epoch is written before the hand-back
