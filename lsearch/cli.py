@@ -95,12 +95,18 @@ def run(
         str | None, typer.Option(help="Study name in the storage [default: the study file's name]")
     ] = None,
     workers: Annotated[
-        int, typer.Option(help="Worker processes to start on this machine, sharing the study")
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Worker processes to start on this machine, sharing the study "
+            "(default: one per --gpus entry, else 1)",
+            show_default=False,
+        ),
+    ] = None,
     gpus: Annotated[
         str | None,
         typer.Option(
-            help="GPUs for the workers, round robin: 0,1,2,3 (several workers per GPU ok)"
+            help="GPUs for the workers, indices or UUIDs: 0,1,2,3 starts one worker on each; "
+            "with --workers, round robin (0,0,1,1 or more workers than GPUs: several per GPU)"
         ),
     ] = None,
     threads: Annotated[
@@ -147,9 +153,11 @@ def run(
         )
     if timeout is not None and timeout <= 0:
         raise UserError(f"--timeout must be a positive number of seconds (got {timeout:g})")
+    gpu_list = parse_gpus(gpus)
+    if workers is None:
+        workers = len(gpu_list) or 1
     if workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")
-    gpu_list = parse_gpus(gpus)
     device = worker_device(device, gpu_list)
     overrides = list(set_ or [])
     if heartbeat_interval is not None:
@@ -843,8 +851,10 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Time one seed of the study's [baseline] configuration as a trial trains it: images
-    per second for training and evaluation, seconds per epoch, peak memory, and what a
-    --trials 100 search would take. Needs no storage (and, but for --search, no Optuna)."""
+    per second for training and evaluation, seconds per epoch, that seed's peak memory, and
+    what a --trials 100 search would take; then measure the memory a whole trial (every seed,
+    the feature cache) holds, the figure to size workers by. Needs no storage (and, but for
+    --search, no Optuna)."""
     from lsearch import bench as benchmark
     from lsearch.devices import resolve_device, set_determinism
     from lsearch.spec import load_spec
@@ -868,7 +878,9 @@ def bench(
         return
     table = Table(title=f"{result.study}: {result.model} at {result.image_size} px, "
                   f"{result.trainable_layers} trainable layer groups, {result.device}")  # fmt: skip
-    for column in ("", "train img/s", "eval img/s", "s/epoch", "peak MB"):
+    # One seed's peak: torch's allocated memory on CUDA, the process's on the CPU.
+    peak = "1-seed peak alloc. MB" if chosen.type == "cuda" else "peak RSS MB"
+    for column in ("", "train img/s", "eval img/s", "s/epoch", peak):
         table.add_column(column, justify="right")
     rows = [("lsearch", result.lsearch)]
     if result.baseline is not None:
@@ -881,6 +893,8 @@ def bench(
     out.print(table)
     if result.speedup is not None:
         out.print(f"lsearch trains {result.speedup:.1f}x the images per second of the usual way")
+    if result.trial_memory is not None:
+        _print_trial_memory(result.trial_memory)
     minutes = result.search_estimate_s(seeds, mean_epochs) / 60
     out.print(
         f"a --trials 100 search ({seeds} seeds, {mean_epochs:g} epochs on average) would take "
@@ -889,6 +903,29 @@ def bench(
     )
     for note in result.notes:
         err.print(f"note: {note}", highlight=False)
+
+
+def _print_trial_memory(memory: Any) -> None:
+    """The whole trial's memory, led by the figure to size workers by."""
+    cache = memory.feature_cache
+    cached = (
+        f"feature cache {memory.feature_cache_mb:,.1f} MB ({cache['hits']} hits, "
+        f"{cache['misses']} misses; budget {cache['budget']})"
+    )
+    if memory.peak_reserved_mb is None:
+        out.print(
+            f"a whole trial ({memory.seeds} seeds) peaked at {memory.per_worker_mb:,.0f} MB of "
+            f"process memory (peak RSS): size workers per machine by this; {cached}",
+            highlight=False,
+        )
+        return
+    out.print(
+        f"a whole trial ({memory.seeds} seeds) needs {memory.per_worker_mb:,.0f} MB of the GPU: "
+        f"size workers per GPU by this (peak reserved {memory.peak_reserved_mb:,.0f} MB + the "
+        f"CUDA context); peak allocated {memory.peak_allocated_mb:,.0f} MB; device used "
+        f"{memory.device_used_mb:,.0f} MB (context and other processes included); {cached}",
+        highlight=False,
+    )
 
 
 def _bench_search(spec: Any, device: Any, trials: int, sampler_seeds: int, as_json: bool) -> None:
@@ -948,6 +985,63 @@ def _bench_search(spec: Any, device: Any, trials: int, sampler_seeds: int, as_js
         f"test set {pp(summary['test_value_difference'])}",
         highlight=False,
     )
+
+
+@app.command()
+@user_errors
+def doctor(
+    study: StudyFileOption = "digits",
+    set_: OverridesOption = None,
+    storage: StorageOption = None,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda or cuda:N: the device to check and train on")
+    ] = "auto",
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train/--no-train",
+            help="Train one synthetic epoch of the study's model to time it (random data, "
+            "nothing downloaded)",
+        ),
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Check this machine before a long search: torch and CUDA, each GPU and the precision
+    lsearch trains in there, the storage (reachable, writable), the study's data and
+    weights, and one synthetic training epoch. Changes nothing; exit code 1 if a check
+    failed."""
+    from rich.text import Text
+
+    from lsearch import doctor as checkup
+    from lsearch.spec import load_spec
+    from lsearch.storage import resolve_url
+
+    spec = load_spec(study, list(set_ or []))
+    checkup.parse_device(device)
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+    if train and not as_json:
+        err.print(f"checking {spec.name}; training one synthetic epoch last", highlight=False)
+    checks = checkup.run_checks(spec, resolve_url(storage), device, train)
+    ok = checkup.passed(checks)
+    if as_json:
+        payload = {"checks": [check.to_json() for check in checks], "ok": ok}
+        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    else:
+        styles = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+        table = Table(title=f"lsearch doctor: {spec.name}")
+        for column in ("check", "status", "detail"):
+            table.add_column(column)
+        for check in checks:
+            table.add_row(check.name, Text(check.status, styles[check.status]), Text(check.detail))
+        out.print(table)
+        counts = {s: sum(c.status == s for c in checks) for s in ("fail", "warn")}
+        out.print(
+            "ready" if ok else f"{counts['fail']} checks failed",
+            f"({counts['warn']} warnings)" if counts["warn"] else "",
+            highlight=False,
+        )
+    if not ok:
+        raise typer.Exit(1)
 
 
 def _show(value: Any) -> str:

@@ -45,12 +45,19 @@ def parse_gpus(text: str | None) -> list[str]:
 
 def worker_device(device: str, gpus: list[str]) -> str:
     """The --device of workers started with --gpus: CUDA (each sees only its GPU). An
-    explicit --device cpu beside --gpus contradicts it: a user error, not a silent switch."""
+    explicit --device cpu beside --gpus contradicts it, and so does a particular GPU
+    (cuda:N, cuda:free): user errors, raised before anything starts."""
     if not gpus:
         return device
     if device == "cpu":
         raise UserError("--gpus and --device cpu contradict each other; leave out one of them")
-    return "cuda" if device == "auto" else device
+    if device not in ("auto", "cuda"):
+        # CUDA_VISIBLE_DEVICES shows each worker only its own GPU, as cuda:0: cuda:1 does not
+        # exist in any worker, and cuda:free would share out GPUs --gpus already gave.
+        raise UserError(
+            f"--gpus gives each worker its GPU; leave out --device {device} or use --device cuda"
+        )
+    return "cuda"
 
 
 def _try_lock(path: Path) -> IO[str] | None:
@@ -81,15 +88,21 @@ def claim_gpu(count: int, lock_dir: str | Path) -> tuple[int, IO[str]]:
         slot += 1
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, *, claim: bool = True) -> torch.device:
     """`auto` takes CUDA when present; asking for CUDA where there is none is a user error.
     `cuda:free` claims the least-shared GPU of this machine. A CUDA device becomes this
-    process's current device."""
+    process's current device.
+
+    `claim=False` (a process that only starts and watches workers) checks the name the
+    same way but takes no GPU: no slot lock, no current device, no cuDNN settings. `cuda`
+    and `cuda:free` then give `cuda` without an index, as no GPU is this process's."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda:free":
         if not torch.cuda.is_available():
             raise UserError("--device cuda:free: no CUDA GPU is available here; use cpu or auto")
+        if not claim:
+            return torch.device("cuda")
         lock_dir = os.environ.get(GPU_LOCKS_ENV, DEFAULT_GPU_LOCKS)
         index, handle = claim_gpu(torch.cuda.device_count(), lock_dir)
         _HELD.append(handle)
@@ -111,6 +124,9 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(
             f"--device {name}: this machine has {count} CUDA device(s), numbered 0..{count - 1}"
         )
+    if not claim:
+        # set_device would open a CUDA context on that GPU, taking its memory for nothing.
+        return device
     device = torch.device("cuda", device.index if device.index is not None else 0)
     torch.cuda.set_device(device)
     set_determinism(device, True)
@@ -215,9 +231,33 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 
 
 def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return "cpu"
+    """The device as recorded with a study or trial: `cpu`, or the CUDA device with its
+    name, its physical index and its UUID, e.g. `cuda:0 (NVIDIA H200, physical GPU 1,
+    GPU-5c3e...)`. A worker given its GPU through CUDA_VISIBLE_DEVICES sees it as cuda:0
+    whichever GPU it is, so the logical index alone cannot tell the workers' GPUs apart.
+    `cuda` without an index (a process that trains on no GPU of its own) stays `cuda`."""
+    if device.type != "cuda":
+        return "cpu"
+    if device.index is None:
+        return "cuda"
+    parts = [torch.cuda.get_device_name(device)]
+    physical = str(device.index)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [entry.strip() for entry in visible.split(",")]
+        physical = entries[device.index] if device.index < len(entries) else ""
+    # An entry may be a UUID (GPU-..., MIG-...) rather than an index; the UUID shows it.
+    if physical.isdigit():
+        parts.append(f"physical GPU {physical}")
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    text = str(uuid) if uuid is not None else ""
+    if text and not text.startswith(("GPU-", "MIG-")):
+        text = f"GPU-{text}"
+    if text:
+        parts.append(text)
+    elif physical and not physical.isdigit():
+        parts.append(physical)
+    return f"{device} ({', '.join(parts)})"
 
 
 class CoreShare:

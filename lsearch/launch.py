@@ -50,11 +50,13 @@ def check_and_load(
 ) -> tuple[torch.device, ImagePool, CoreShare | None]:
     """Check the device, the model and its weights, and load the training pool: every input
     a user can get wrong, before any storage is touched. A process that trains takes its
-    share of the machine's cores (`threads`, or divided among the workers running here)."""
+    share of the machine's cores (`threads`, or divided among the workers running here).
+    One that does not train only checks the device: it claims no GPU (see resolve_device)."""
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be at least 1 (got {threads})")
-    device = resolve_device(device_name)
-    set_determinism(device, spec.train.deterministic)
+    device = resolve_device(device_name, claim=trains)
+    if trains:  # the cuDNN settings matter only where kernels run
+        set_determinism(device, spec.train.deterministic)
     check_trainable_layers(spec)
     pool = load_pool(spec.data, device if trains else torch.device("cpu"))
     # Load the weights once now, so a bad weights file fails before the storage is touched.
@@ -106,7 +108,7 @@ def prepare(
     threads: int | None = None,
 ) -> Prepared:
     """Check everything, then open the study. `trains=False` (a process that only starts and
-    watches workers) still checks the device but keeps the data off the GPU."""
+    watches workers) still checks the device but claims no GPU and keeps the data off it."""
     spec = load_spec(study_file, overrides)
     device, pool, cores = check_and_load(spec, device_name, trains, threads)
     checkpoints = open_checkpoints(spec)

@@ -458,8 +458,10 @@ def test_gpus_with_an_explicit_cpu_device_is_a_user_error() -> None:
     from lsearch.errors import UserError
 
     assert worker_device("auto", ["0", "1"]) == "cuda"
-    assert worker_device("cuda:free", ["0"]) == "cuda:free"
+    assert worker_device("cuda:free", []) == "cuda:free"  # cuda:free with --gpus: see below
     assert worker_device("cpu", []) == "cpu"
+    with pytest.raises(UserError, match="leave out --device cuda:free or use --device cuda"):
+        worker_device("cuda:free", ["0"])
     with pytest.raises(UserError, match="--gpus and --device cpu"):
         worker_device("cpu", ["0"])
 
