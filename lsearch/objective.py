@@ -5,7 +5,8 @@ User attributes written on every finished or pruned trial (stable names, see REA
 `config`, `seeds`, `val_acc`, `val_ece`, `val_nll`, `val_acc_per_seed`, `val_ece_per_seed`,
 `val_nll_per_seed`, `temperature_per_seed`, `val_ece_temperature_scaled_per_seed`,
 `best_epoch`, `chosen_epoch`, `epochs_run`, `epochs_trained`, `pruned_at_epoch`,
-`train_seconds`, `device`, `resumed_from_trial`, `resumed_from_epoch`, and the curves
+`train_seconds`, `device`, `precision`, `resumed_from_trial`, `resumed_from_epoch`,
+`resumed_on_other_device` (after a checkpoint from another kind of device), and the curves
 `curve_train_loss`, `curve_val_loss`, `curve_val_acc`, `curve_val_ece` (one list per seed,
 one value per epoch), and `chosen_by` (the epoch is chosen by mean validation accuracy, for
 every objective). A trial whose loss became NaN gets `fail_reason`. A trial trained with a
@@ -312,6 +313,7 @@ class Objective:
         started = time.perf_counter()
         self.features.new_trial()
         runs = [self.start(seed, config) for seed in seeds]
+        trial.set_user_attr("precision", runs[0].precision.name)  # float16, bfloat16, float32
         progress = self.resume(trial, config, runs, prunes) or Progress([[] for _ in runs])
         first_epoch = progress.epochs_run + 1
         keep_weights = None if test_set is None else (lambda: [r.weights() for r in runs])

@@ -1,0 +1,320 @@
+"""The GPU check: what a lent GPU runs first (`bash scripts/gpu_check.sh OUT.json`).
+
+Every step runs the real lsearch (the CLI in subprocesses, bench in this process) on synthetic
+data or digits images with random weights, so nothing downloadable is needed, and writes its
+figures into one JSON file, rewritten after each step (a check cut short still leaves what it
+measured). On a GPU it measures the CUDA path at 32, 64 and 224 px; on a CPU (and in CI) it
+runs the same steps at 32 px with tiny sizes and reports the CUDA-only steps as not run, so the
+script cannot rot.
+
+Steps: doctor; bench at each size with and without train.deterministic (and the usual way at
+the largest); a short ResNet-18 search on digits images; two reruns compared for bit-exactness
+(in both determinism modes); an interrupt and its resume, compared with an uninterrupted run;
+a GPU checkpoint resumed on the CPU; float16 with the gradient scaler (forced by
+LSEARCH_PRECISION on a GPU that has bfloat16); two workers on one GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CUDA = torch.cuda.is_available()
+# One budget for the whole check: a step that cannot finish before it is not started.
+DEADLINE_S = float(os.environ.get("LSEARCH_GPU_CHECK_LIMIT_S", "290" if CUDA else "170"))
+STARTED = time.monotonic()
+
+# Sizes per mode. On the CPU every step is tiny: it shows the steps run, not the speed.
+if CUDA:
+    BENCH_SIZES = (32, 64, 224)
+    SEARCH = ["--set", "data.image_size=224", "--set", "space.epochs=4", "--trials", "2"]
+    INTERRUPT = ["--set", "data.image_size=64", "--set", "space.epochs=12", "--trials", "1"]
+    SMALL = ["--set", "data.image_size=32", "--set", "space.epochs=3"]
+    BENCH_SETS = {}
+    BENCH_EPOCHS = 3
+else:
+    BENCH_SIZES = (32,)
+    TINY = ["--set", "data.train_per_class=4", "--set", "data.val_per_class=4",
+            "--set", "seeds=[0, 1]", "--set", "train.batch_size=16"]  # fmt: skip
+    SEARCH = [*TINY, "--set", "data.image_size=32", "--set", "space.epochs=2", "--trials", "2"]
+    INTERRUPT = [*TINY, "--set", "data.image_size=32", "--set", "space.epochs=12",
+                 "--trials", "1"]  # fmt: skip
+    SMALL = [*TINY, "--set", "data.image_size=32", "--set", "space.epochs=2"]
+    BENCH_SETS = {"data": {"train_per_class": 4, "val_per_class": 4}}
+    BENCH_EPOCHS = 1
+
+# ResNet-18 with random weights on digits images (1 channel, repeated to 3), upsampled.
+RESNET = ["--study", "digits", "--set", "model.name=resnet18", "--set", "model.weights=none",
+          "--set", "baseline.trainable_layers=2", "--set", "space.trainable_layers=2",
+          "--set", "train.patience=100", "--set", "pruner.type=none",
+          # The last bits of float results depend on the thread count: fix it for comparisons.
+          "--threads", str(min(8, len(os.sched_getaffinity(0))))]  # fmt: skip
+NOT_ON_CPU = "not run: needs a CUDA GPU"
+
+
+class Check:
+    """The JSON file, written whole after every step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.work = Path(tempfile.mkdtemp(prefix="lsearch-gpu-check-"))
+        self.result: dict[str, Any] = {"machine": machine(), "mode": "gpu" if CUDA else "cpu",
+                                       "limit_s": DEADLINE_S, "steps": []}  # fmt: skip
+        self.save()
+
+    def save(self) -> None:
+        steps = self.result["steps"]
+        self.result["ok"] = all(step["status"] != "fail" for step in steps)
+        self.result["seconds"] = round(time.monotonic() - STARTED, 1)
+        text = json.dumps(self.result, indent=2, default=str)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(text + "\n")
+        partial.replace(self.path)
+
+    def step(self, name: str, run: Callable[[], dict[str, Any]], cuda_only: bool = False,
+             needs_s: float = 10) -> dict[str, Any]:  # fmt: skip
+        """Run one step, catching what it raises; its figures or the reason it did not run."""
+        entry: dict[str, Any] = {"name": name}
+        left = DEADLINE_S - (time.monotonic() - STARTED)
+        if cuda_only and not CUDA:
+            entry.update(status="not run", why=NOT_ON_CPU)
+        elif left < needs_s:
+            entry.update(status="not run", why=f"out of time ({left:.0f} s of the budget left)")
+        else:
+            begun = time.monotonic()
+            try:
+                entry.update(status="ok", **run())
+            except Exception as exc:  # one step's failure is a figure, not the end of the check
+                entry.update(status="fail", error=f"{type(exc).__name__}: {exc}"[-2000:])
+            entry["seconds"] = round(time.monotonic() - begun, 1)
+        print(f"gpu check: {name}: {entry['status']} {entry.get('why', '')}", file=sys.stderr)
+        self.result["steps"].append(entry)
+        self.save()
+        return entry
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
+    }
+    if CUDA:
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        info["gpu_memory_mb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**20)
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def lsearch(*args: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 240) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """The real CLI, as a user runs it (python -m lsearch: no console script needed)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("LSEARCH_STORAGE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "lsearch", *args], cwd=cwd, env=full_env, capture_output=True,
+        text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> None:
+    if result.returncode != 0:
+        raise RuntimeError(f"exit {result.returncode}: {result.stderr.strip()[-1500:]}")
+
+
+def trials(storage: str) -> list[Any]:
+    """The trials of the check's study (every step runs the digits study file)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.load_study(study_name="digits", storage=storage).get_trials()
+
+
+def curves(trial: Any) -> dict[str, Any]:
+    return {key: value for key, value in trial.user_attrs.items() if key.startswith("curve_")}
+
+
+def search(folder: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[list, float]:
+    """A short search in its own folder and SQLite file; its trials and wall time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{folder / 'study.db'}"
+    begun = time.monotonic()
+    succeeded(lsearch("run", *RESNET, *extra, "--storage", storage, "--quiet", cwd=folder,
+                      env=env))  # fmt: skip
+    return trials(storage), round(time.monotonic() - begun, 1)
+
+
+def doctor(check: Check) -> dict[str, Any]:
+    args = ["doctor", "--json", "--study", "cifar10-resnet18", "--set", "model.weights=none",
+            "--storage", f"sqlite:///{check.work / 'doctor.db'}"]  # fmt: skip
+    if not CUDA:
+        args += ["--set", "data.image_size=32", "--set", "data.train_per_class=4",
+                 "--set", "data.val_per_class=4"]  # fmt: skip
+    result = lsearch(*args, cwd=check.work)
+    report = json.loads(result.stdout)
+    if result.returncode not in (0, 1):
+        succeeded(result)
+    return {"exit_code": result.returncode, "checks": report["checks"]}
+
+
+def bench(deterministic: bool, size: int, baseline: bool = False) -> dict[str, Any]:
+    """lsearch bench in this process (one CUDA start-up for every size and mode)."""
+    from lsearch import bench as benchmark
+    from lsearch.devices import resolve_device, set_determinism
+    from lsearch.spec import load_spec
+
+    overrides = [f"data.image_size={size}", f"train.deterministic={str(deterministic).lower()}",
+                 "model.weights=\"none\""]  # fmt: skip
+    for table, values in BENCH_SETS.items():
+        overrides += [f"{table}.{key}={value}" for key, value in values.items()]
+    spec = load_spec("cifar10-resnet18", overrides)
+    device = resolve_device("cuda" if CUDA else "cpu")
+    set_determinism(device, deterministic)
+    result = benchmark.bench(spec, device, BENCH_EPOCHS, synthetic=True, baseline=baseline)
+    return result.to_json(len(spec.seeds), benchmark.mean_epochs(spec))
+
+
+def reruns(check: Check, deterministic: bool) -> dict[str, Any]:
+    mode = ["--set", f"train.deterministic={str(deterministic).lower()}"]
+    name = "deterministic" if deterministic else "autotuned"
+    first, first_s = search(check.work / f"rerun-{name}-a", *SEARCH, *mode)
+    second, second_s = search(check.work / f"rerun-{name}-b", *SEARCH, *mode)
+    same_params = [a.params for a in first] == [b.params for b in second]
+    same = same_params and all(curves(a) == curves(b) for a, b in zip(first, second, strict=True))
+    differs = sorted({key for a, b in zip(first, second, strict=False)
+                      for key in curves(a) if curves(a)[key] != curves(b).get(key)})  # fmt: skip
+    return {"bit_exact": same, "same_params": same_params, "differing_curves": differs,
+            "wall_s": [first_s, second_s], "trials": len(first),
+            "val_acc": [t.user_attrs.get("val_acc") for t in first]}  # fmt: skip
+
+
+def wait_for_checkpoint(storage: str, process: subprocess.Popen[str], timeout: float) -> int:
+    """Poll the study until its running trial points at a checkpoint; its epoch."""
+    begun = time.monotonic()
+    while time.monotonic() - begun < timeout:
+        if process.poll() is not None:
+            raise RuntimeError("the trial ended before a checkpoint was written")
+        try:
+            for trial in trials(storage):
+                pointer = trial.user_attrs.get("checkpoint")
+                if pointer and trial.state.name == "RUNNING":
+                    return int(pointer["epoch"])
+        except Exception:  # the file, its tables or the study are still being made
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("no checkpoint appeared")
+
+
+def interrupted(folder: Path, size_args: list[str], resume_device: str) -> dict[str, Any]:
+    """A trial stopped by Ctrl-C after its first checkpoint, then resumed on `resume_device`;
+    its curves against the same trial run without a stop."""
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{folder / 'study.db'}"
+    args = ["run", *RESNET, *size_args, "--storage", storage, "--quiet",
+            "--set", "checkpoint.every_s=0", "--grace-period", "600"]  # fmt: skip
+    env = {**os.environ}
+    env.pop("LSEARCH_STORAGE", None)
+    worker = subprocess.Popen([sys.executable, "-m", "lsearch", *args], cwd=folder, env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        epoch = wait_for_checkpoint(storage, worker, timeout=120)
+        worker.send_signal(signal.SIGINT)
+        _, stderr = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    if worker.returncode != 130:
+        raise RuntimeError(f"the interrupted worker exited {worker.returncode}: {stderr[-800:]}")
+    succeeded(lsearch(*args, "--device", resume_device, cwd=folder))
+    done = [t for t in trials(storage) if t.state.name == "COMPLETE"]
+    if not done:
+        raise RuntimeError("the resumed trial did not complete")
+    resumed = done[-1]
+    straight, _ = search(folder / "uninterrupted", *size_args)
+    return {
+        "checkpoint_epoch_at_stop": epoch,
+        "resumed_from_epoch": resumed.user_attrs.get("resumed_from_epoch"),
+        "resumed_on_other_device": resumed.user_attrs.get("resumed_on_other_device"),
+        "device": resumed.user_attrs.get("device"),
+        "same_as_uninterrupted": curves(resumed) == curves(straight[0]),
+        "val_acc": resumed.user_attrs.get("val_acc"),
+        "val_acc_uninterrupted": straight[0].user_attrs.get("val_acc"),
+    }
+
+
+def float16(check: Check) -> dict[str, Any]:
+    env = {"LSEARCH_PRECISION": "float16"}
+    found, wall = search(check.work / "float16", *SMALL, "--trials", "1", env=env)
+    (trial,) = found
+    if trial.user_attrs.get("precision") != "float16":
+        raise RuntimeError(f"trained in {trial.user_attrs.get('precision')}, not float16")
+    return {"precision": "float16", "val_acc": trial.user_attrs.get("val_acc"),
+            "state": trial.state.name, "wall_s": wall}  # fmt: skip
+
+
+def two_workers(check: Check) -> dict[str, Any]:
+    found, wall = search(check.work / "two-workers", *SMALL, "--trials", "4", "--workers", "2",
+                         "--device", "cuda:free")  # fmt: skip
+    return {"wall_s": wall, "states": [t.state.name for t in found],
+            "devices": sorted({str(t.user_attrs.get("device")) for t in found})}  # fmt: skip
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: bash scripts/gpu_check.sh OUT.json", file=sys.stderr)
+        return 2
+    check = Check(Path(sys.argv[1]).resolve())
+    check.step("doctor", lambda: doctor(check), needs_s=20)
+    for size in BENCH_SIZES:
+        for deterministic in (True, False):
+            largest = size == BENCH_SIZES[-1] and deterministic
+            check.step(f"bench {size} px, deterministic={deterministic}",
+                       lambda s=size, d=deterministic, b=largest: bench(d, s, baseline=b),
+                       cuda_only=not deterministic)  # fmt: skip
+    check.step("search and rerun, deterministic", lambda: reruns(check, True), needs_s=30)
+    check.step("search and rerun, cuDNN autotuned", lambda: reruns(check, False),
+               cuda_only=True, needs_s=30)  # fmt: skip
+    device = "cuda" if CUDA else "cpu"
+    check.step("interrupt and resume", lambda: interrupted(check.work / "interrupt", INTERRUPT,
+                                                           device), needs_s=30)  # fmt: skip
+    check.step("GPU checkpoint resumed on the CPU",
+               lambda: interrupted(check.work / "to-cpu", [*SMALL, "--set", "space.epochs=8",
+                                                           "--trials", "1"], "cpu"),
+               cuda_only=True, needs_s=40)  # fmt: skip
+    check.step("float16 with the gradient scaler", lambda: float16(check), cuda_only=True)
+    check.step("two workers on one GPU", lambda: two_workers(check), cuda_only=True, needs_s=30)
+    print(
+        f"gpu check: wrote {check.path} ({'ok' if check.result['ok'] else 'FAILED'})",
+        file=sys.stderr,
+    )
+    return 0 if check.result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
