@@ -1035,11 +1035,11 @@ def doctor(
             table.add_row(check.name, Text(check.status, styles[check.status]), Text(check.detail))
         out.print(table)
         counts = {s: sum(c.status == s for c in checks) for s in ("fail", "warn")}
-        out.print(
-            "ready" if ok else f"{counts['fail']} checks failed",
-            f"({counts['warn']} warnings)" if counts["warn"] else "",
-            highlight=False,
+        failed = f"{counts['fail']} check{'s' * (counts['fail'] != 1)} failed"
+        warned = (
+            f" ({counts['warn']} warning{'s' * (counts['warn'] != 1)})" if counts["warn"] else ""
         )
+        out.print(("ready" if ok else failed) + warned, highlight=False)
     if not ok:
         raise typer.Exit(1)
 

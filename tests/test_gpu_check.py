@@ -19,6 +19,7 @@ STEPS = [
     ("search and rerun, cuDNN autotuned", True),
     ("interrupt and resume", False),
     ("GPU checkpoint resumed on the CPU", True),
+    ("CPU checkpoint resumed on the GPU", True),
     ("float16 with the gradient scaler", True),
     ("two workers on one GPU", True),
 ]
