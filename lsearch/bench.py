@@ -45,7 +45,14 @@ from lsearch.devices import Precision, autocast_precision, describe_device, requ
 from lsearch.errors import UserError
 from lsearch.models import LayeredModel, build_model
 from lsearch.spec import StudySpec
-from lsearch.train import FeatureCache, SeedRun, make_optimizer, seed_everything, start_seed_run
+from lsearch.train import (
+    FeatureCache,
+    SeedRun,
+    make_optimizer,
+    seed_everything,
+    snapshot,
+    start_seed_run,
+)
 
 # Shapes of the datasets lsearch knows: channels, side, classes.
 SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10)}
@@ -317,7 +324,8 @@ def measure_trial_memory(spec: StudySpec, pool: ImagePool, device: torch.device)
     `spec.seeds`, built as `Objective.start` builds them and sharing one feature cache keyed
     (seed, trainable_layers), trained and evaluated for one epoch in lockstep; then the first
     seed trains and evaluates again, because a trial's later epochs train with every seed's
-    features cached (in the first, the last seed trains before its own are)."""
+    features cached (in the first, the last seed trains before its own are), with the checkpoint
+    snapshots of two epochs held as a trial holds them while a write is in flight."""
     base = spec.baseline
     if device.type == "cuda":
         # The one-seed run's leftovers go back to the device, so the reserve read is the
@@ -336,8 +344,13 @@ def measure_trial_memory(spec: StudySpec, pool: ImagePool, device: torch.device)
         )  # fmt: skip
         run.features, run.features_key = cache, (seed, base.trainable_layers)
         runs.append(run)
-    for run in [*runs, runs[0]]:
+    # A trial also keeps its last finished epoch's state on the device for checkpoints, and
+    # a second while a write is in flight: both are held here as the trial would hold them.
+    snapshots = []
+    for index, run in enumerate([*runs, runs[0]]):
         run.evaluate(run.train_epoch())
+        if index >= len(runs) - 1:
+            snapshots.append(snapshot([r.state_dict() for r in runs]))
     _sync(device)
     return read_trial_memory(device, len(runs), cache)
 

@@ -144,22 +144,8 @@ class RetryOrDiscardCheckpoint(RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
 
 
-def snapshot(value: Any) -> Any:
-    """A copy of a (nested) state on the devices its tensors live on, sharing no memory with
-    the live model, so that training may go on while it waits to be written. On a GPU this is
-    a device-to-device copy that the training thread does not wait for; the copy to the host
-    happens only when a write starts (`to_host`), in the writer's thread."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {key: snapshot(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(snapshot(item) for item in value)
-    return value
-
-
 def to_host(value: Any) -> Any:
-    """A (nested) snapshot with its tensors on the CPU, for torch.save; tensors already there
+    """A (nested) `snapshot` with its tensors on the CPU, for torch.save; tensors already there
     are not copied again (a snapshot shares nothing with the live model)."""
     if isinstance(value, torch.Tensor):
         return value.to("cpu")

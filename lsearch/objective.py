@@ -35,7 +35,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from lsearch import interrupts, metrics
-from lsearch.checkpoint import CHECKPOINT_ATTR, Checkpoints, CheckpointWriter, snapshot
+from lsearch.checkpoint import CHECKPOINT_ATTR, Checkpoints, CheckpointWriter
 from lsearch.data import ImagePool, Split, TestSet, split_for_seed
 from lsearch.devices import CoreShare, describe_device
 from lsearch.evaluation import TEST_METRICS, held_out_metrics
@@ -49,6 +49,7 @@ from lsearch.train import (
     NonFiniteLossError,
     SeedRun,
     seed_everything,
+    snapshot,
     start_seed_run,
 )
 

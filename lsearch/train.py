@@ -61,6 +61,20 @@ def resume_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence((seed, epoch)).generate_state(1, np.uint64)[0] >> 1)
 
 
+def snapshot(value: Any) -> Any:
+    """A copy of a (nested) state on the devices its tensors live on, sharing no memory with
+    the live model, so that training may go on while it waits to be written. On a GPU this is
+    a device-to-device copy that the training thread does not wait for; the copy to the host
+    happens only when a write starts (`to_host`), in the writer's thread."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: snapshot(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(snapshot(item) for item in value)
+    return value
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (model init uses its own)."""
     random.seed(seed)

@@ -17,7 +17,7 @@ import torch
 
 from lsearch import checkpoint, data, devices
 from lsearch.errors import UserError
-from lsearch.train import resume_seed
+from lsearch.train import resume_seed, snapshot
 from tests.conftest import run_lsearch
 from tests.test_interrupts import LONG
 from tests.test_speed import seed_run, tiny_spec
@@ -104,11 +104,11 @@ def test_the_dataset_goes_to_the_gpu_in_one_plain_copy(monkeypatch: pytest.Monke
 
 def test_a_snapshot_stays_on_the_device_and_shares_nothing_with_the_live_state() -> None:
     live = {"w": torch.ones(3), "opt": [torch.zeros(2)], "step": 4}
-    copy = checkpoint.snapshot(live)
+    copy = snapshot(live)
     live["w"].add_(1)
     live["opt"][0].add_(1)
     assert torch.equal(copy["w"], torch.ones(3)) and torch.equal(copy["opt"][0], torch.zeros(2))
-    on_gpu = checkpoint.snapshot({"w": torch.empty(3, device="meta")})
+    on_gpu = snapshot({"w": torch.empty(3, device="meta")})
     assert on_gpu["w"].device.type == "meta", "no copy to the host on the training thread"
 
 
@@ -137,9 +137,9 @@ def test_a_write_copies_to_the_host_only_when_it_starts(monkeypatch: pytest.Monk
     store = FakeCheckpoints()
     writer = checkpoint.CheckpointWriter(store, trial=None, every_s=3600, written_epoch=0)  # type: ignore[arg-type]
     for epoch in range(1, 6):
-        writer.epoch_done(epoch, checkpoint.snapshot({"w": torch.empty(2**20, device="meta")}))
+        writer.epoch_done(epoch, snapshot({"w": torch.empty(2**20, device="meta")}))
     assert host_copies == [] and store.saved == [], "no write fell due: nothing left the device"
-    writer.latest = (5, checkpoint.snapshot({"w": torch.full((3,), 5.0)}))
+    writer.latest = (5, snapshot({"w": torch.full((3,), 5.0)}))
     writer.flush()  # an interrupt: the last finished epoch goes with the hand-back
     assert host_copies == [12] and [e for e, _ in store.saved] == [5], "one tensor, 12 bytes"
     assert store.saved[0][1]["w"].device.type == "cpu"

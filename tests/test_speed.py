@@ -256,7 +256,8 @@ class SlowStore:
 
 
 def test_checkpoints_are_written_in_the_background_and_never_hold_training_up() -> None:
-    from lsearch.checkpoint import CheckpointWriter, snapshot
+    from lsearch.checkpoint import CheckpointWriter
+    from lsearch.train import snapshot
 
     store = SlowStore()
     writer = CheckpointWriter(store, trial=None, every_s=0, written_epoch=0)  # type: ignore[arg-type]
