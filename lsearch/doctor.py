@@ -452,8 +452,8 @@ def check_weights(spec: StudySpec) -> Check:
 
 def check_training(spec: StudySpec, device: torch.device, weights_present: bool = True) -> Check:
     """Train one synthetic epoch of the study's baseline configuration (after a warm-up
-    epoch) as a trial does: its speed and peak memory. Weights that are not on disk are
-    replaced by random ones (same speed), so nothing is downloaded."""
+    epoch) as a trial does: its speed, and the memory a whole trial needs. Weights that are
+    not on disk are replaced by random ones (same speed), so nothing is downloaded."""
     from lsearch import bench as benchmark
     from lsearch.devices import set_determinism
 
@@ -470,18 +470,22 @@ def check_training(spec: StudySpec, device: torch.device, weights_present: bool 
     except Exception as exc:
         return Check("training", "fail", f"one synthetic epoch failed ({first_line(exc)})")
     speed = result.lsearch
+    # The figure to size workers by (bench.TrialMemory), not one seed's peak.
+    per_worker = result.trial_memory.per_worker_mb if result.trial_memory else speed.peak_memory_mb
     figures: dict[str, Any] = {
         "train_images_per_s": speed.train_images_per_s,
         "eval_images_per_s": speed.eval_images_per_s,
         "seconds_per_epoch": speed.seconds_per_epoch,
         "peak_memory_mb": speed.peak_memory_mb,
+        "per_worker_mb": per_worker,
         "random_weights": bool(notes),
         "bench": result.to_json(len(spec.seeds), benchmark.mean_epochs(spec)),
     }
     detail = (
         f"{result.model} at {result.image_size} px on {result.device}: "
         f"{speed.train_images_per_s:,.0f} train img/s, {speed.eval_images_per_s:,.0f} eval img/s, "
-        f"{speed.seconds_per_epoch:.3f} s/epoch, peak {speed.peak_memory_mb:,.0f} MB{notes}"
+        f"{speed.seconds_per_epoch:.3f} s/epoch; a whole trial ({len(spec.seeds)} seeds) "
+        f"needs {per_worker:,.0f} MB per worker{notes}"
     )
     return Check("training", "ok", detail, figures)
 

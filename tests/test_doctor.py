@@ -46,6 +46,8 @@ def test_digits_on_a_fresh_folder_checks_everything_and_creates_nothing(tmp_path
     assert training["status"] == "ok"
     assert training["train_images_per_s"] > 0
     assert training["bench"]["train_images_per_s"] == training["train_images_per_s"]
+    assert training["per_worker_mb"] == training["bench"]["trial_memory"]["per_worker_mb"] > 0
+    assert f"needs {training['per_worker_mb']:,.0f} MB per worker" in training["detail"]
     assert list(tmp_path.iterdir()) == []  # no x.db, no artifacts/, nothing
 
 
