@@ -39,11 +39,11 @@ STARTED = time.monotonic()
 # Sizes per mode. On the CPU every step is tiny: it shows the steps run, not the speed.
 if CUDA:
     BENCH_SIZES = (32, 64, 224)
-    SEARCH = ["--set", "data.image_size=224", "--set", "space.epochs=4", "--trials", "2"]
+    SEARCH = ["--set", "data.image_size=224", "--set", "space.epochs=3", "--trials", "2"]
     INTERRUPT = ["--set", "data.image_size=64", "--set", "space.epochs=12", "--trials", "1"]
     SMALL = ["--set", "data.image_size=32", "--set", "space.epochs=3"]
     BENCH_SETS = {}
-    BENCH_EPOCHS = 3
+    BENCH_EPOCHS = 2
     # Moving between devices: small enough for the CPU side to be quick.
     CROSS = ["--set", "data.train_per_class=20", "--set", "data.val_per_class=20",
              "--set", "data.image_size=32", "--set", "space.epochs=6", "--trials", "1"]  # fmt: skip
