@@ -38,6 +38,7 @@ from lsearch.objective import Objective, TrialConfig
 from lsearch.search import (
     FINGERPRINT_ATTR,
     KIND_ATTR,
+    OUT_OF_MEMORY_ATTR,
     PRODUCED_BY_ATTR,
     SPEC_ATTR,
     Liveness,
@@ -216,13 +217,37 @@ def collect(trials: Sequence[FrozenTrial], constant_schedule: bool) -> dict[Key,
     return found
 
 
+# A seed-run that ran out of device memory is tried this many times in all before it is
+# left failed: another worker on the same GPU may have caused it.
+OUT_OF_MEMORY_TRIES = 2
+
+
+def _trial_key(trial: FrozenTrial) -> Key | None:
+    """The seed-run a trial trained (None for one that never chose a seed-run)."""
+    if "seed" in trial.params:
+        return _key(trial.params, int(trial.params["seed"]))
+    attrs = trial.user_attrs
+    if "config" in attrs and attrs.get("seeds"):
+        return _key(attrs["config"], attrs["seeds"][0])
+    return None
+
+
 def _failed_keys(trials: Sequence[FrozenTrial]) -> dict[Key, str]:
-    """Seed-runs that failed for a reason (a NaN loss): not retried by a rerun."""
-    failed = {}
-    for trial in trials:
+    """Seed-runs that failed for a reason (a NaN loss, an exception, out of memory twice):
+    not trained again, by this run or a rerun. A seed-run that ran out of memory fewer
+    than OUT_OF_MEMORY_TRIES times is tried again."""
+    failed: dict[Key, str] = {}
+    out_of_memory: dict[Key, int] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
         reason = trial.user_attrs.get("fail_reason")
-        if trial.state == TrialState.FAIL and reason and "config" in trial.user_attrs:
-            failed[_key(trial.user_attrs["config"], trial.user_attrs["seeds"][0])] = reason
+        key = _trial_key(trial)
+        if trial.state != TrialState.FAIL or not reason or key is None:
+            continue
+        if trial.user_attrs.get(OUT_OF_MEMORY_ATTR):
+            out_of_memory[key] = out_of_memory.get(key, 0) + 1
+            if out_of_memory[key] < OUT_OF_MEMORY_TRIES:
+                continue
+        failed.setdefault(key, reason)
     return failed
 
 
@@ -332,9 +357,15 @@ class SeedRunObjective:
         self.plans = list(plans)
         self.worker_index = worker_index
 
+    @property
+    def device(self) -> torch.device:
+        """The device the seed-runs train on (named in an out-of-memory fail_reason)."""
+        return self.objective.device
+
     def next_plan(self, study: optuna.Study, own_number: int) -> Plan:
-        taken = set()
-        for trial in study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        taken = set(_failed_keys(trials))  # failed for a reason: not trained again
+        for trial in trials:
             busy = trial.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
             if trial.number != own_number and busy and "seed" in trial.params:
                 taken.add(_key(trial.params, int(trial.params["seed"])))
@@ -382,7 +413,8 @@ def run_plans(
     poll_seconds: float = 2.0,
 ) -> None:
     """Train planned seed-runs (retries of dead workers' trials first) until every one is
-    complete or failed for a reason (a NaN loss, not retried). With heartbeats, a worker
+    complete or failed for a reason (a NaN loss or an exception, not retried; out of device
+    memory, retried once: see _failed_keys). With heartbeats, a worker
     with nothing to start waits while others' runs are RUNNING, since a dead worker's run
     comes back as a retry; without them (gRPC proxy) it leaves."""
     keys = {plan.key for plan in objective.plans}
@@ -391,15 +423,13 @@ def run_plans(
         if liveness is not None:
             liveness.sweeper.sweep(study)
         trials = study.get_trials(deepcopy=False)
-        settled: set[Key] = set()  # complete, or failed for a reason
+        settled: set[Key] = set(_failed_keys(trials))  # complete, or failed for a reason
         started: set[Key] = set()  # running or waiting
         for trial in trials:
             if "seed" not in trial.params:
                 continue
             key = _key(trial.params, int(trial.params["seed"]))
-            if trial.state == TrialState.COMPLETE or (
-                trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason")
-            ):
+            if trial.state == TrialState.COMPLETE:
                 settled.add(key)
             elif trial.state in (TrialState.RUNNING, TrialState.WAITING):
                 started.add(key)

@@ -9,9 +9,11 @@ so that a second process with a different file is refused instead of mixing resu
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import platform
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -19,6 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import optuna
+import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -172,18 +175,91 @@ MAX_CONSECUTIVE_FAILURES = 10
 
 class StopOnRepeatedFailure:
     """Stop this process's search after `limit` failed trials in a row: a study whose every
-    trial fails (say, a learning rate that always diverges) must end, not loop forever."""
+    trial fails (say, a learning rate that always diverges, or a poison configuration that
+    raises) must end, not loop forever. `last` names the last failure and its reason."""
 
     def __init__(self, limit: int = MAX_CONSECUTIVE_FAILURES) -> None:
         self.limit = limit
         self.in_a_row = 0
+        self.last = ""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if trial.state != TrialState.FAIL:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        reason = trial.user_attrs.get("fail_reason") or "no reason recorded"
+        self.last = f"trial {trial.number}: {reason}"
 
     @property
     def tripped(self) -> bool:
         return self.in_a_row >= self.limit
+
+    def error(self) -> UserError:
+        return UserError(
+            f"{self.in_a_row} trials in a row failed; the last: {self.last}; "
+            "fix the search space or training settings and run again"
+        )
+
+
+FAIL_REASON_ATTR = "fail_reason"
+OUT_OF_MEMORY_ATTR = "out_of_memory"  # True on a trial that failed out of device memory
+MAX_REASON_CHARS = 300
+_ASKED_FOR = re.compile(r"Tried to allocate ([0-9.]+ ?(?:[KMGTP]i?B|bytes|B))", re.IGNORECASE)
+
+
+def _one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def _device_memory(device: object) -> str:
+    """What the device had, as far as can be told: total and free for a CUDA device."""
+    try:
+        dev = torch.device(device) if device is not None else None  # type: ignore[arg-type]
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None:
+        return "the device and its memory are unknown"
+    if dev.type == "cuda":
+        try:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                free, total = torch.cuda.mem_get_info(dev)
+                return f"{dev} has {_gib(total)}, {_gib(free)} of it free after the failure"
+        except Exception:  # (a broken driver must not hide the trial's own failure)
+            pass
+    return f"the memory of {dev} is unknown"
+
+
+def failure_reason(exc: BaseException, device: object = None) -> str:
+    """The `fail_reason` of a trial that raised `exc`: one line, at most MAX_REASON_CHARS.
+    Out of memory names the memory the trial asked for and what the device had."""
+    name = type(exc).__name__
+    if isinstance(exc, torch.OutOfMemoryError):
+        asked = _ASKED_FOR.search(str(exc))
+        amount = f"asked for {asked.group(1)}" if asked else "asked for an unknown amount"
+        return _one_line(f"{name}: out of memory: the trial {amount}; {_device_memory(device)}")
+    text = " ".join(str(exc).split())
+    return _one_line(f"{name}: {text}" if text else name)
+
+
+def release_memory() -> None:
+    """Free what a failed trial left on its device, before the next trial starts."""
+    gc.collect()
+    with contextlib.suppress(Exception):
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+
+def stops_the_worker(exc: BaseException) -> bool:
+    """An exception a trial raises that ends the worker rather than fail the trial: a user
+    error (exit 2), or a storage outage longer than the storage's reconnect window (the
+    failure could not be recorded anyway). Interrupts are handed back before this."""
+    return isinstance(exc, UserError) or is_transient(exc)
 
 
 DUPLICATE_ATTR = "duplicate_of"
@@ -272,11 +348,18 @@ def run_one(
       exception goes on.
     - A trial another worker failed as stale while this one was slow (a pause, an outage)
       is dropped quietly: its retry resumes it. Returns None then.
-    - An exception in `catch` fails the trial and the loop goes on; any other fails it and
-      is raised, as in Optuna.
+    - An exception in `catch` fails the trial and the loop goes on.
+    - A user error, or a storage outage past the storage's reconnect window, fails the
+      trial (as far as it can be told) and is raised: the worker stops.
+    - Any other exception (a poison trial: out of device memory, a bug that one
+      configuration hits) fails the trial with its `fail_reason` (unless the objective
+      recorded one), and the loop goes on. Out of memory also marks the trial
+      `out_of_memory` and frees the device's cached memory. Such a trial is told FAIL, not
+      left stale, so the heartbeat's retry does not re-queue it.
     """
     trial = study.ask()
     state, values, error = TrialState.COMPLETE, None, None
+    out_of_memory = False
     beats = liveness.heartbeat.beating(study, trial._trial_id) if liveness else nullcontext()
     try:
         with beats:
@@ -294,12 +377,18 @@ def run_one(
                 raise
             except UpdateFinishedTrialError:
                 return _taken_over(trial)
-            except Exception:
-                with contextlib.suppress(Exception):
-                    study.tell(trial, state=TrialState.FAIL)
-                raise
+            except Exception as exc:
+                if stops_the_worker(exc):
+                    with contextlib.suppress(Exception):
+                        study.tell(trial, state=TrialState.FAIL)
+                    raise
+                # Only the reason is kept: the exception's traceback holds the trial's tensors.
+                out_of_memory = isinstance(exc, torch.OutOfMemoryError)
+                state, error = TrialState.FAIL, _record_failure(trial, exc, objective)
     except UpdateFinishedTrialError:
         return _taken_over(trial)
+    if out_of_memory:
+        release_memory()
     try:
         frozen = study.tell(trial, values, state, skip_if_finished=True)
     except UpdateFinishedTrialError:
@@ -311,6 +400,18 @@ def run_one(
     for callback in callbacks:
         callback(study, frozen)
     return frozen
+
+
+def _record_failure(trial: optuna.Trial, exc: Exception, objective: object) -> str:
+    """Record why `trial` failed (keeping a reason the objective recorded); the reason."""
+    recorded = trial.user_attrs.get(FAIL_REASON_ATTR)
+    if isinstance(exc, torch.OutOfMemoryError):
+        trial.set_user_attr(OUT_OF_MEMORY_ATTR, True)
+    if recorded:
+        return str(recorded)
+    reason = failure_reason(exc, getattr(objective, "device", None))
+    trial.set_user_attr(FAIL_REASON_ATTR, reason)
+    return reason
 
 
 def _taken_over(trial: optuna.Trial) -> None:
@@ -426,10 +527,7 @@ def _run_trials(
         duplicates = 0
         failures(study, frozen)
         if failures.tripped:
-            raise UserError(
-                f"{failures.limit} trials in a row failed (see their fail_reason user attr); "
-                "fix the search space or training settings and run again"
-            )
+            raise failures.error()
         sampler = study.sampler
         if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
             return
