@@ -295,7 +295,8 @@ def status(
     ] = None,
 ) -> None:
     """List the studies in a storage with their trial counts by state, best value, and the
-    checkpoints their unfinished trials keep (with their size, for a local store)."""
+    checkpoints their unfinished trials keep (with their size, for a local store); `!N`
+    there counts trials that could not write a checkpoint (explained below the table)."""
     from lsearch.results import STATES, pick_study, study_rows
     from lsearch.storage import mask_url, open_storage, resolve_url
 
@@ -314,15 +315,24 @@ def status(
         space = ""
         if row.checkpoints and row.checkpoint_bytes is not None:
             space = f" ({row.checkpoint_bytes / 1e6:.1f} MB)"
+        warned = f" !{row.checkpoint_warnings}" if row.checkpoint_warnings else ""
         table.add_row(
             row.name,
             row.kind,
             ", ".join(row.directions),
             *(str(row.counts[s]) for s in STATES),
             best,
-            f"{row.checkpoints}{space}",
+            f"{row.checkpoints}{space}{warned}",
         )
     out.print(table)
+    for row in rows:
+        if row.checkpoint_warnings:
+            out.print(
+                f"!{row.checkpoint_warnings}: {row.checkpoint_warnings} trial(s) of {row.name} "
+                f"could not write a checkpoint, so ran without crash protection then (user "
+                f"attr checkpoint_warning; first: {row.checkpoint_warning})",
+                markup=False, highlight=False, soft_wrap=True,
+            )  # fmt: skip
 
 
 @app.command()

@@ -9,7 +9,9 @@ User attributes written on every finished or pruned trial (stable names, see REA
 `resumed_on_other_device` (after a checkpoint from another kind of device), and the curves
 `curve_train_loss`, `curve_val_loss`, `curve_val_acc`, `curve_val_ece` (one list per seed,
 one value per epoch), and `chosen_by` (the epoch is chosen by mean validation accuracy, for
-every objective). A trial whose loss became NaN gets `fail_reason`. A trial trained with a
+every objective). A trial whose loss became NaN gets `fail_reason` (search.run_one gives one
+to a trial that raised anything else), one that could not use its checkpoint
+`checkpoint_error`, one that could not write one `checkpoint_warning`. A trial trained with a
 test set (`lsearch compare`, `lsearch evaluate`) also gets the test metrics of
 `lsearch.evaluation.TEST_METRICS` with their `_per_seed` lists, the reliability data, and
 `held_out`: those results for every epoch count read from it.
@@ -31,6 +33,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -43,6 +46,7 @@ from lsearch.models import build_model
 from lsearch.search import check_new
 from lsearch.spec import Objective as ObjectiveSpec
 from lsearch.spec import Param, Space, StudySpec
+from lsearch.storage import is_transient
 from lsearch.train import (
     EpochMetrics,
     FeatureCache,
@@ -245,7 +249,14 @@ class Objective:
     def resume(
         self, trial: optuna.Trial, config: TrialConfig, runs: list[SeedRun], prunes: bool
     ) -> Progress | None:
-        """Restore a re-queued trial from the newest checkpoint of the trial it replaces."""
+        """Restore a re-queued trial from the newest checkpoint of the trial it replaces.
+
+        A checkpoint that cannot be trusted (damaged, or not a state of these runs) is never
+        fatal: it is removed, the reason goes to the user attr `checkpoint_error`, `runs` are
+        rebuilt in place (a seed that loaded before a later one failed must not go on from
+        it) and the trial trains from the start (None)."""
+        from lsearch.checkpoint import DamagedCheckpoint, one_line
+
         pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
         if self.checkpoints is None or not pointer:
             return None
@@ -255,14 +266,37 @@ class Objective:
         history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
         if not history:
             return None
-        state = self.checkpoints.load(pointer, self.device)
-        if state is None:
+        try:
+            state = self.checkpoints.load(pointer, self.device)
+            if state is None:
+                return None
+            try:
+                progress = Progress.from_state_dict(state["progress"])
+                moved = [
+                    run.load_state_dict(s, progress.epochs_run)
+                    for run, s in zip(runs, state["seeds"], strict=True)
+                ]
+            except (interrupts.Interrupted, torch.cuda.OutOfMemoryError):
+                raise  # not the checkpoint's fault
+            except Exception as exc:  # a missing key, a shape, another model or version
+                raise DamagedCheckpoint(f"it does not fit this trial ({one_line(exc)})") from exc
+        except DamagedCheckpoint as exc:
+            where = pointer.get("artifact_id") if isinstance(pointer, dict) else pointer
+            epoch = pointer.get("epoch") if isinstance(pointer, dict) else None
+            trial.set_user_attr(
+                "checkpoint_error",
+                f"checkpoint {where} (epoch {epoch}, trial {history[-1]}) was not used: {exc}; "
+                "trained from epoch 1",
+            )
+            inherited = ("resumed_from_trial", "resumed_from_epoch", "resumed_on_other_device")
+            for name in inherited:
+                if name in trial.user_attrs:  # from an earlier retry of this trial
+                    trial.set_user_attr(name, None)
+            trial.set_user_attr(CHECKPOINT_ATTR, None)
+            if isinstance(where, str):
+                self.checkpoints.discard(where)
+            runs[:] = [self.start(run.seed, config) for run in runs]
             return None
-        progress = Progress.from_state_dict(state["progress"])
-        moved = [
-            run.load_state_dict(s, progress.epochs_run)
-            for run, s in zip(runs, state["seeds"], strict=True)
-        ]
         trial.set_user_attr("resumed_from_trial", history[-1])
         trial.set_user_attr("resumed_from_epoch", progress.epochs_run)
         if any(moved):
@@ -331,6 +365,20 @@ class Objective:
             exc.trial_number = trial.number  # the caller hands it back (interrupts.hand_back)
             if self._writer is not None:
                 self._writer.flush()  # the last finished epoch goes with the hand-back
+            raise
+        except Exception as exc:
+            if self._writer is not None:
+                with contextlib.suppress(Exception):
+                    self._writer.wait()  # no write may land after the trial is handed on
+                # A trial failing here is told FAIL and never resumed (search.run_one), so
+                # its checkpoint goes; one taken over as stale, or cut off by a storage
+                # outage, leaves it to the retry that resumes from it.
+                if self.checkpoints is not None and not (
+                    isinstance(exc, UpdateFinishedTrialError | optuna.TrialPruned)
+                    or is_transient(exc)
+                ):
+                    with contextlib.suppress(Exception):
+                        self.checkpoints.finish(trial, keep=False)
             raise
         except BaseException:
             if self._writer is not None:
@@ -480,5 +528,9 @@ class Objective:
                 self._writer.flush()  # the kept checkpoint is the last epoch's
             else:
                 self._writer.wait()
-            self.checkpoints.finish(trial)
+            try:
+                self.checkpoints.finish(trial)
+            except OSError as exc:  # the kept copy could not be written (a full disk)
+                self._writer.warn(exc, epochs_run)
+                self.checkpoints.finish(trial, keep=False)  # no rolling checkpoint outlives it
         return attrs

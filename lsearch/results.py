@@ -25,6 +25,10 @@ class StudyRow:
     best: list[float] | None  # the best values (single objective), None when none finished
     checkpoints: int  # rolling checkpoints its trials point at (RUNNING or WAITING ones' own)
     checkpoint_bytes: int | None  # their size, where the store is a local folder
+    # Trials with a checkpoint that could not be written (user attr `checkpoint_warning`),
+    # and the first one's reason.
+    checkpoint_warnings: int = 0
+    checkpoint_warning: str | None = None
 
 
 def checkpoint_space(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[int, int | None]:
@@ -57,10 +61,13 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[StudyRow]:
         if kind == "search" and len(directions) == 1 and counts["COMPLETE"]:
             best = [study.best_value]
         counts_by_state = {s: counts[s] for s in STATES}
+        warned = [t for t in trials if t.user_attrs.get("checkpoint_warning")]
         rows.append(
             StudyRow(
                 summary.study_name, kind, directions, counts_by_state, best,
-                *checkpoint_space(study, trials),
+                *checkpoint_space(study, trials), len(warned),
+                f"trial {warned[0].number}, {warned[0].user_attrs['checkpoint_warning']}"
+                if warned else None,
             )
         )  # fmt: skip
     return rows
