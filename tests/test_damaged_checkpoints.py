@@ -1,9 +1,9 @@
 """A checkpoint is verified before it is trusted: a retry whose checkpoint was truncated,
 emptied, overwritten or replaced trains from the start and says why, instead of killing its
 worker (before: `lsearch run` exited 1 with a traceback from `torch.load` and the trial was
-lost). Real processes, real signals, real files: a worker is stopped with Ctrl-C after a
-checkpoint (its trial is handed back at once, see tests/test_interrupts.py), the file is
-damaged, and the next run must finish the study."""
+lost). Real processes, real signals, real files: a worker is SIGKILLed after a checkpoint,
+the file is damaged, and the next run (which re-queues the dead worker's trial after a
+3-second grace period) must finish the study."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from optuna.trial import TrialState
 
 from lsearch import checkpoint
 from tests.conftest import run_lsearch
-from tests.test_interrupts import LONG
-from tests.test_workers import start_worker, wait_for_checkpoint
+from tests.test_workers import CRASH_ARGS, start_worker, wait_for_checkpoint
 
 
 def another_model(data: bytes) -> bytes:
@@ -46,28 +45,27 @@ DAMAGES: dict[str, Callable[[bytes], bytes]] = {
 }
 # Other lsearch workers on this machine would change the thread count between the two runs,
 # and with it the last bits of the losses compared below.
-ARGS = (*LONG, "--threads", "1")
+ARGS = (*CRASH_ARGS, "--threads", "1")
 
 
-def stopped_after_a_checkpoint(tmp_path: Path) -> tuple[str, dict[str, Any]]:
-    """A study whose first trial was stopped by Ctrl-C after a checkpoint: the
-    storage URL and the WAITING retry's checkpoint pointer."""
+def killed_after_a_checkpoint(tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """A study whose first trial's worker was SIGKILLed after a checkpoint: the storage URL
+    and the checkpoint pointer the trial (still RUNNING, soon stale) leaves to its retry."""
     storage = f"sqlite:///{tmp_path / 'damaged.db'}"
     worker = start_worker("--trials", "1", "--storage", storage, *ARGS, cwd=tmp_path)
     wait_for_checkpoint(storage, epoch=1)
-    worker.send_signal(signal.SIGINT)
-    _, stderr = worker.communicate(timeout=60)
-    assert worker.returncode == 130, stderr
-    study = optuna.load_study(study_name="digits", storage=storage)
-    stopped, retry = study.trials
-    assert stopped.state == TrialState.FAIL and retry.state == TrialState.WAITING
-    return storage, retry.user_attrs["checkpoint"]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    (killed,) = optuna.load_study(study_name="digits", storage=storage).trials
+    assert killed.state == TrialState.RUNNING
+    return storage, killed.user_attrs["checkpoint"]
 
 
 @pytest.mark.parametrize(
     ("damage", "with_checksum"),
     [
-        ("truncated", True),  # the other damages under a checksum: see the test below
+        ("truncated", True),
+        ("empty", True),  # garbage and another model under a checksum: see the test below
         # Pointers written before checksums: what torch.load and the model say decides.
         ("garbage", False),
         ("another model", False),
@@ -76,7 +74,7 @@ def stopped_after_a_checkpoint(tmp_path: Path) -> tuple[str, dict[str, Any]]:
 def test_a_damaged_checkpoint_is_retrained_from_the_start_and_the_study_finishes(
     tmp_path: Path, damage: str, with_checksum: bool
 ) -> None:
-    storage, pointer = stopped_after_a_checkpoint(tmp_path)
+    storage, pointer = killed_after_a_checkpoint(tmp_path)
     assert set(pointer) == {"artifact_id", "epoch", "sha256"}
     path = tmp_path / "artifacts" / pointer["artifact_id"]
     data = path.read_bytes()
@@ -86,7 +84,7 @@ def test_a_damaged_checkpoint_is_retrained_from_the_start_and_the_study_finishes
     if not with_checksum:
         study = optuna.load_study(study_name="digits", storage=storage)
         old = {"artifact_id": pointer["artifact_id"], "epoch": pointer["epoch"]}
-        study._storage.set_trial_user_attr(study.trials[1]._trial_id, "checkpoint", old)
+        study._storage.set_trial_user_attr(study.trials[0]._trial_id, "checkpoint", old)
 
     again = run_lsearch("run", "--trials", "1", "--storage", storage, *ARGS, cwd=tmp_path,
                         timeout=300)  # fmt: skip
