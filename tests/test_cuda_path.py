@@ -7,6 +7,7 @@ too cannot be read without an explicit copy, and copying it to the host raises."
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,10 @@ def test_a_trial_checkpointed_on_a_gpu_is_resumed_by_a_cpu_worker(tmp_path: Path
     state = torch.load(path, weights_only=True)
     state["seeds"] = [as_if_saved_on_cuda(seed) for seed in state["seeds"]]
     torch.save(state, path)
+    # As the GPU worker would have pointed at it: with the new file's checksum.
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    retry_id = study.trials[1]._trial_id
+    study._storage.set_trial_user_attr(retry_id, "checkpoint", {**pointer, "sha256": digest})
 
     # The resumed trial is stopped again by --timeout: enough to see it resume and train on.
     resumed = run_lsearch(
@@ -207,4 +212,5 @@ def test_a_trial_checkpointed_on_a_gpu_is_resumed_by_a_cpu_worker(tmp_path: Path
     moved, retry = study.trials[1], study.trials[2]
     assert moved.user_attrs["resumed_on_other_device"] == "cuda -> cpu"
     assert moved.user_attrs["resumed_from_epoch"] == pointer["epoch"]
+    assert "checkpoint_error" not in moved.user_attrs
     assert retry.user_attrs["checkpoint"]["epoch"] > pointer["epoch"], "it trained on"
