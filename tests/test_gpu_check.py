@@ -54,7 +54,8 @@ def test_the_gpu_check_runs_every_step_on_the_cpu_and_writes_one_json(tmp_path: 
     rerun = steps["search and rerun, deterministic"]
     assert rerun["bit_exact"] is True and rerun["trials"] == 2, rerun
     interrupt = steps["interrupt and resume"]
-    assert interrupt["resumed_from_epoch"] == interrupt["checkpoint_epoch_at_stop"] >= 1
+    # The hand-back writes the last finished epoch: the one seen before the stop, or later.
+    assert interrupt["resumed_from_epoch"] >= interrupt["checkpoint_epoch_at_stop"] >= 1
     assert interrupt["same_as_uninterrupted"] is True, "the CPU resumes bit for bit"
     assert interrupt["resumed_on_other_device"] is None and interrupt["device"] == "cpu"
     assert not list(tmp_path.glob("*.db")) and sorted(p.name for p in tmp_path.iterdir()) == [
