@@ -37,6 +37,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
+from lsearch.errors import one_line
+
 CHECKPOINT_ATTR = "checkpoint"
 PENDING_ATTR = "checkpoint_pending"  # the file being written, named before it exists
 
@@ -96,13 +98,6 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
 class DamagedCheckpoint(Exception):
     """A checkpoint that cannot be trusted: unreadable, not what its pointer says (checksum),
     or not a state of this trial's runs. Never fatal: the retry trains from the start."""
-
-
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """An exception as one short line, for a user attr."""
-    lines = str(error).strip().splitlines()
-    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Checkpoints:

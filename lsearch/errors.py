@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can fix."""
+"""The one exception type for mistakes a user can fix, and exceptions as one line for the
+attrs that record why a trial failed or trained from the start."""
 
 
 class UserError(Exception):
@@ -7,3 +8,22 @@ class UserError(Exception):
     The message is one line that names the problem and the fix. The CLI prints it and
     exits with code 2, without a traceback.
     """
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """`Class: message` on one line (whitespace and newlines collapsed), at most `limit`
+    characters.
+
+    >>> one_line(ValueError("bad\\n  input"))
+    'ValueError: bad input'
+    >>> one_line(KeyError(), limit=10)
+    'KeyError'
+    """
+    text = " ".join(str(error).split())
+    return shorten(f"{type(error).__name__}: {text}" if text else type(error).__name__, limit)
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """`text` on one line, cut to `limit` characters with "..."."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."

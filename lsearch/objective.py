@@ -255,7 +255,8 @@ class Objective:
         fatal: it is removed, the reason goes to the user attr `checkpoint_error`, `runs` are
         rebuilt in place (a seed that loaded before a later one failed must not go on from
         it) and the trial trains from the start (None)."""
-        from lsearch.checkpoint import DamagedCheckpoint, one_line
+        from lsearch.checkpoint import DamagedCheckpoint
+        from lsearch.errors import one_line
 
         pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
         if self.checkpoints is None or not pointer:

@@ -26,7 +26,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch import interrupts
-from lsearch.errors import UserError
+from lsearch.errors import UserError, one_line, shorten
 from lsearch.liveness import Heartbeat, StaleCallback, StaleTrialSweeper
 from lsearch.spec import Pruner, StudySpec
 from lsearch.storage import WORKERS_STUDY, is_transient
@@ -208,11 +208,6 @@ MAX_REASON_CHARS = 300
 _ASKED_FOR = re.compile(r"Tried to allocate ([0-9.]+ ?(?:[KMGTP]i?B|bytes|B))", re.IGNORECASE)
 
 
-def _one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-
-
 def _gib(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
 
@@ -242,9 +237,9 @@ def failure_reason(exc: BaseException, device: object = None) -> str:
     if isinstance(exc, torch.OutOfMemoryError):
         asked = _ASKED_FOR.search(str(exc))
         amount = f"asked for {asked.group(1)}" if asked else "asked for an unknown amount"
-        return _one_line(f"{name}: out of memory: the trial {amount}; {_device_memory(device)}")
-    text = " ".join(str(exc).split())
-    return _one_line(f"{name}: {text}" if text else name)
+        reason = f"{name}: out of memory: the trial {amount}; {_device_memory(device)}"
+        return shorten(reason, MAX_REASON_CHARS)
+    return one_line(exc, MAX_REASON_CHARS)
 
 
 def release_memory() -> None:
