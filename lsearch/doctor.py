@@ -122,7 +122,7 @@ def check_torch() -> Check:
 def _precision(device: torch.device, precision: str) -> tuple[Any, str | None]:
     """lsearch's Precision on `device` for the study's train.precision, or the UserError's
     message where it is impossible there."""
-    from lsearch.devices import autocast_precision, requested_precision
+    from lsearch.training.devices import autocast_precision, requested_precision
 
     try:
         return autocast_precision(device, requested_precision(precision)), None
@@ -137,7 +137,7 @@ def check_device(name: str) -> Check:
     >>> check_device("cpu").figures["device"]
     'cpu'
     """
-    from lsearch.devices import describe_device, resolve_device
+    from lsearch.training.devices import describe_device, resolve_device
 
     if name == "auto" and not torch.cuda.is_available():
         detail = "training on cpu (--device auto, and no CUDA GPU here)"
@@ -348,7 +348,7 @@ def check_storage(url: str) -> Check:
     """
     from sqlalchemy.engine import make_url
 
-    from lsearch.storage import mask_url, sqlite_path
+    from lsearch.store.storage import mask_url, sqlite_path
 
     shown = mask_url(url)
     if url.startswith("grpc://"):
@@ -379,7 +379,7 @@ def check_data(spec: StudySpec) -> Check:
     >>> check_data(load_spec("digits")).detail
     'digits ships with scikit-learn'
     """
-    from lsearch.data import CIFAR10_FOLDER, CIFAR10_TEST_BATCH, CIFAR10_TRAIN_BATCHES
+    from lsearch.training.data import CIFAR10_FOLDER, CIFAR10_TEST_BATCH, CIFAR10_TRAIN_BATCHES
 
     dataset = spec.data.dataset
     if dataset == "digits":
@@ -454,8 +454,8 @@ def check_training(spec: StudySpec, device: torch.device, weights_present: bool 
     """Train one synthetic epoch of the study's baseline configuration (after a warm-up
     epoch) as a trial does: its speed, and the memory a whole trial needs. Weights that are
     not on disk are replaced by random ones (same speed), so nothing is downloaded."""
-    from lsearch import bench as benchmark
-    from lsearch.devices import set_determinism
+    from lsearch.bench import speed as benchmark
+    from lsearch.training.devices import set_determinism
 
     notes = ""
     if spec.model.weights != "none" and not weights_present:
@@ -463,7 +463,7 @@ def check_training(spec: StudySpec, device: torch.device, weights_present: bool 
         notes = "; random weights (the study's are not here; the speed is the same)"
     try:
         set_determinism(device, spec.train.deterministic)
-        result = benchmark.bench(spec, device, epochs=1, synthetic=True, baseline=False)
+        result = benchmark.measure_speed(spec, device, epochs=1, synthetic=True, baseline=False)
     except torch.cuda.OutOfMemoryError:
         detail = f"out of memory on {device}: lower train.batch_size or data.image_size"
         return Check("training", "fail", detail)

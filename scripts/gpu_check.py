@@ -188,9 +188,9 @@ def doctor(check: Check) -> dict[str, Any]:
 
 def bench(deterministic: bool, size: int, baseline: bool = False) -> dict[str, Any]:
     """lsearch bench in this process (one CUDA start-up for every size and mode)."""
-    from lsearch import bench as benchmark
-    from lsearch.devices import resolve_device, set_determinism
+    from lsearch.bench import speed as benchmark
     from lsearch.spec import load_spec
+    from lsearch.training.devices import resolve_device, set_determinism
 
     overrides = [f"data.image_size={size}", f"train.deterministic={str(deterministic).lower()}",
                  "model.weights=\"none\""]  # fmt: skip
@@ -199,7 +199,7 @@ def bench(deterministic: bool, size: int, baseline: bool = False) -> dict[str, A
     spec = load_spec("cifar10-resnet18", overrides)
     device = resolve_device("cuda" if CUDA else "cpu")
     set_determinism(device, deterministic)
-    result = benchmark.bench(spec, device, BENCH_EPOCHS, synthetic=True, baseline=baseline)
+    result = benchmark.measure_speed(spec, device, BENCH_EPOCHS, synthetic=True, baseline=baseline)
     return result.to_json(len(spec.seeds), benchmark.mean_epochs(spec))
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from lsearch.bench import bench_data
-from lsearch.data import split_for_seed
-from lsearch.models import build_model
+from lsearch.bench.speed import bench_data
 from lsearch.spec import load_spec
-from lsearch.train import start_seed_run
+from lsearch.training.data import split_for_seed
+from lsearch.training.models import build_model
+from lsearch.training.seed_run import start_seed_run
 
 
 def main() -> None:

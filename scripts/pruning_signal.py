@@ -18,16 +18,16 @@ import optuna
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
-from lsearch.objective import Progress
-from lsearch.search import SPEC_ATTR
+from lsearch.search.objective import TrialProgress
 from lsearch.spec import Objective, StudySpec
-from lsearch.storage import open_storage, resolve_url
+from lsearch.store.catalog import SPEC_ATTR
+from lsearch.store.storage import open_storage, resolve_url
 
 
 def signal(
     trials: list[optuna.trial.FrozenTrial], objective: Objective, epochs: int
 ) -> list[tuple[int, float]]:
-    runs = [Progress.from_curves(t.user_attrs) for t in trials]
+    runs = [TrialProgress.from_curves(t.user_attrs) for t in trials]
     final = [p.reported(objective, p.epochs_run) for p in runs]
     out = []
     for k in range(1, epochs + 1):

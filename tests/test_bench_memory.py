@@ -13,13 +13,13 @@ import warnings
 import pytest
 import torch
 
-from lsearch import bench as benchmark
-from lsearch import devices
-from lsearch.bench import bench, mean_epochs
-from lsearch.data import load_pool, split_for_seed
-from lsearch.models import build_model
+from lsearch.bench import speed as benchmark
+from lsearch.bench.speed import mean_epochs, measure_speed
 from lsearch.spec import StudySpec
-from lsearch.train import FeatureCache, start_seed_run
+from lsearch.training import devices
+from lsearch.training.data import load_pool, split_for_seed
+from lsearch.training.models import build_model
+from lsearch.training.seed_run import FeatureCache, start_seed_run
 from tests.test_speed import tiny_spec
 
 CPU = torch.device("cpu")
@@ -49,7 +49,7 @@ def one_seed_features_bytes(spec: StudySpec, seed: int) -> int:
 def test_bench_json_holds_a_whole_trial_s_memory_and_feature_cache_counts() -> None:
     # small_cnn has 4 groups: 2 trainable leaves a frozen prefix whose features are cached.
     spec = three_seeds(trainable_layers=2)
-    result = bench(spec, CPU, epochs=1, synthetic=False, baseline=False)
+    result = measure_speed(spec, CPU, epochs=1, synthetic=False, baseline=False)
     out = result.to_json(len(spec.seeds), mean_epochs(spec))
     json.dumps(out, allow_nan=False)
     memory = out["trial_memory"]
@@ -75,7 +75,7 @@ def test_bench_json_holds_a_whole_trial_s_memory_and_feature_cache_counts() -> N
 
 def test_bench_without_a_frozen_prefix_caches_nothing() -> None:
     spec = three_seeds(trainable_layers=4)  # every group trains: no prefix to cache
-    result = bench(spec, CPU, epochs=1, synthetic=False, baseline=False)
+    result = measure_speed(spec, CPU, epochs=1, synthetic=False, baseline=False)
     out = result.to_json(len(spec.seeds), mean_epochs(spec))
     assert out["trial_memory"]["seeds"] == 3
     cache = out["feature_cache"]

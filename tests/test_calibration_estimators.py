@@ -1,5 +1,5 @@
-"""The Brier score and the equal-mass (adaptive) ECE in lsearch.metrics, checked by hand and
-against independent implementations (numpy loops, scikit-learn)."""
+"""The Brier score and the equal-mass (adaptive) ECE in lsearch.training.metrics, checked by hand
+and against independent implementations (numpy loops, scikit-learn)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import brier_score_loss
 
-from lsearch.metrics import adaptive_ece, brier, ece
+from lsearch.training.metrics import adaptive_ece, brier, ece
 
 
 def binary_logits(p_class0: list[float]) -> torch.Tensor:

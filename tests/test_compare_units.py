@@ -1,4 +1,4 @@
-"""Fast in-process unit tests of the pure logic of `lsearch.compare` and `lsearch.verdict`:
+"""Fast in-process unit tests of the pure logic of `lsearch.comparison` and verdicts:
 parsing, cells, planning, collecting results from trials, the analysis and its words.
 
 No subprocess and no training: trials are made with `optuna.trial.create_trial`, cells by hand.
@@ -19,8 +19,9 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from scipy import stats as st
 
-from lsearch import stats
-from lsearch.compare import (
+from lsearch.analysis import stats
+from lsearch.analysis.verdict import analyse, describe, show, show_interval, to_markdown
+from lsearch.comparison.compare import (
     ADVISED_SEEDS,
     ALL_METRICS,
     DEFAULT_METRICS,
@@ -32,11 +33,10 @@ from lsearch.compare import (
     parse_grid,
     parse_seeds,
     plan_runs,
-    report,
+    summarise,
 )
 from lsearch.errors import UserError
-from lsearch.objective import TrialConfig
-from lsearch.verdict import analyse, describe, show, show_interval, to_markdown
+from lsearch.search.objective import TrialConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -215,7 +215,7 @@ def _key(epsilon: float, epochs: int, seed: int, lr: float = 3e-4, layers: int =
 
 
 def _found(trial: int = 0, epochs: int = 60) -> Any:
-    from lsearch.compare import Found
+    from lsearch.comparison.compare import Found
 
     return Found({"test_acc": 0.5}, trial, epochs)
 
@@ -841,7 +841,7 @@ def _request(grid: dict[str, list[Any]], seeds: list[int], metrics: list[str]) -
 
 
 def test_report_from_a_study_renders() -> None:
-    """`compare.report` on an in-memory comparison study: its dict feeds `to_markdown`."""
+    """`compare.summarise` on an in-memory comparison study: its dict feeds `to_markdown`."""
     grid = {"label_smoothing": [0.0, 0.1], "epochs": [20, 60]}
     seeds = [0, 1, 2, 3, 4]
     request = _request(grid, seeds, ["test_acc", "test_ece"])
@@ -852,7 +852,7 @@ def test_report_from_a_study_renders() -> None:
             str(n): {m: float(rng.uniform(0.7, 0.9)) for m in DEFAULT_METRICS} for n in (20, 60)
         }
         study.add_trial(_trial(_config(epsilon, 60), seed, held_out))
-    rep = report(request, study)
+    rep = summarise(request, study)
     text = json.dumps(rep, allow_nan=False)
     assert not NAN_WORD.search(text)
     assert [c["label"] for c in rep["cells"]] == [c.label for c in request.cells]
@@ -878,7 +878,7 @@ def test_report_notes_a_seed_left_out_for_a_missing_metric() -> None:
         if seed == 0:  # recorded by a version that did not compute test_ece
             del results["test_ece"]
         study.add_trial(_trial(_config(epsilon, 20), seed, {"20": results}))
-    rep = report(request, study)
+    rep = summarise(request, study)
     assert [c["seeds"] for c in rep["cells"]] == [[1, 2, 3], [1, 2, 3]]
     assert any("seed 0" in note for note in rep["notes"]), rep["notes"]
 

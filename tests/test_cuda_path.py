@@ -16,9 +16,10 @@ import optuna
 import pytest
 import torch
 
-from lsearch import checkpoint, data, devices
 from lsearch.errors import UserError
-from lsearch.train import resume_seed, snapshot
+from lsearch.search import checkpoints as checkpoint
+from lsearch.training import data, devices
+from lsearch.training.seed_run import resume_seed, snapshot
 from tests.conftest import run_lsearch
 from tests.test_interrupts import LONG
 from tests.test_speed import seed_run, tiny_spec

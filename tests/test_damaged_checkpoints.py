@@ -20,7 +20,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from lsearch import checkpoint
+from lsearch.search import checkpoints as checkpoint
 from tests.conftest import run_lsearch
 from tests.test_workers import CRASH_ARGS, start_worker, wait_for_checkpoint
 

@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from optuna_dashboard import save_note, save_plotly_graph_object
 
-from lsearch.dashboard import is_loopback
-from lsearch.storage import open_storage
+from lsearch.outputs.dashboard import is_loopback
+from lsearch.store.storage import open_storage
 from tests.conftest import LSEARCH, TINY, run_lsearch
 from tests.test_workers import finish, free_port, start_worker
 

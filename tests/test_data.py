@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import lsearch.data
-from lsearch.data import (
+import lsearch.training.data
+from lsearch.errors import UserError
+from lsearch.spec import Data
+from lsearch.training.data import (
     CIFAR10_FOLDER,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -25,8 +27,6 @@ from lsearch.data import (
     split_for_seed,
     stratified_split,
 )
-from lsearch.errors import UserError
-from lsearch.spec import Data
 
 CPU = torch.device("cpu")
 CLASSES = 10
@@ -255,7 +255,7 @@ def test_download_failure_is_a_user_error_naming_data_root(tmp_path, monkeypatch
         calls.append(root)
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(lsearch.data, "_download_cifar10", offline)
+    monkeypatch.setattr(lsearch.training.data, "_download_cifar10", offline)
     root = tmp_path / "data"
     with pytest.raises(UserError) as info:
         load_pool(cifar_data(root, download=True), CPU)
@@ -273,7 +273,7 @@ def test_download_happens_only_when_missing_and_its_result_is_read(tmp_path, mon
         calls.append((root, train))
         write_cifar(root)
 
-    monkeypatch.setattr(lsearch.data, "_download_cifar10", fake_download)
+    monkeypatch.setattr(lsearch.training.data, "_download_cifar10", fake_download)
     pool = load_pool(cifar_data(tmp_path, download=True), CPU)
     assert calls == [(tmp_path, True)] and len(pool.images) == TOTAL
     # Present now: no second download, for the training batches or the test batch.
@@ -285,7 +285,7 @@ def test_download_happens_only_when_missing_and_its_result_is_read(tmp_path, mon
 def test_a_download_that_leaves_the_folder_incomplete_is_a_user_error(
     tmp_path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(lsearch.data, "_download_cifar10", lambda root, train=True: None)
+    monkeypatch.setattr(lsearch.training.data, "_download_cifar10", lambda root, train=True: None)
     with pytest.raises(UserError, match="data_batch_1"):
         load_pool(cifar_data(tmp_path, download=True), CPU)
 
@@ -425,9 +425,9 @@ def test_digits_read_from_scikit_learn_s_file_equal_load_digits(monkeypatch) -> 
 
     digits = load_digits()
     expected = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    direct_images, direct_labels = lsearch.data.load_digits_arrays()
-    monkeypatch.setattr(lsearch.data.importlib.util, "find_spec", lambda name: None)
-    fallback_images, fallback_labels = lsearch.data.load_digits_arrays()
+    direct_images, direct_labels = lsearch.training.data.load_digits_arrays()
+    monkeypatch.setattr(lsearch.training.data.importlib.util, "find_spec", lambda name: None)
+    fallback_images, fallback_labels = lsearch.training.data.load_digits_arrays()
     for images, labels in ((direct_images, direct_labels), (fallback_images, fallback_labels)):
         assert images.dtype == np.uint8 and images.shape == (1797, 1, 8, 8)
         assert np.array_equal(images, expected) and np.array_equal(labels, digits.target)
@@ -436,7 +436,7 @@ def test_digits_read_from_scikit_learn_s_file_equal_load_digits(monkeypatch) -> 
 
 def test_loading_digits_does_not_import_scikit_learn() -> None:
     code = (
-        "import sys; from lsearch.data import load_digits_arrays; load_digits_arrays(); "
+        "import sys; from lsearch.training.data import load_digits_arrays; load_digits_arrays(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

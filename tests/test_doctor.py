@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from lsearch import doctor
 from lsearch.cli import app
-from lsearch.devices import autocast_precision
+from lsearch.training.devices import autocast_precision
 from tests.conftest import run_lsearch
 
 CHECKS = {"torch", "device", "cpu", "storage", "data", "weights", "training"}

@@ -15,7 +15,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.errors import UserError
-from lsearch.export import (
+from lsearch.outputs.export import (
     FIXED_COLUMNS,
     check_format,
     export_rows,

@@ -16,7 +16,7 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from lsearch.checkpoint import (
+from lsearch.search.checkpoints import (
     CHECKPOINT_ATTR,
     WARNING_ATTR,
     Checkpoints,

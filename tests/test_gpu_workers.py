@@ -13,8 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lsearch import devices
 from lsearch.errors import UserError
+from lsearch.training import devices
 from tests.conftest import TINY, run_lsearch
 
 
@@ -43,7 +43,7 @@ def fake_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """The workers `lsearch run` would start: their arguments and environments."""
-    from lsearch import workers
+    from lsearch.search import workers
 
     records: list[dict[str, Any]] = []
 
@@ -169,7 +169,7 @@ def test_check_and_load_for_a_process_that_does_not_train_claims_nothing(
     fake_gpus: list[torch.device],
 ) -> None:
     """The path `compare --workers W` and `evaluate --workers W` take."""
-    from lsearch.launch import check_and_load
+    from lsearch.search.launch import check_and_load
     from lsearch.spec import load_spec
 
     spec = load_spec("digits", TINY[1::2])

@@ -13,15 +13,16 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from lsearch import data as data_module
-from lsearch import evaluation
-from lsearch import objective as objective_module
-from lsearch.data import held_out_indices, load_digits_arrays, load_pool, load_test_set
 from lsearch.errors import UserError
-from lsearch.models import build_model
-from lsearch.objective import Objective, Progress, TrialConfig
-from lsearch.search import build_pruner, build_sampler, run_until
+from lsearch.search import objective as objective_module
+from lsearch.search.loop import run_until
+from lsearch.search.objective import SearchObjective, TrialConfig, TrialProgress
+from lsearch.search.study import build_pruner, build_sampler
 from lsearch.spec import StudySpec, load_spec
+from lsearch.training import data as data_module
+from lsearch.training import evaluation
+from lsearch.training.data import held_out_indices, load_digits_arrays, load_pool, load_test_set
+from lsearch.training.models import build_model
 
 CPU = torch.device("cpu")
 
@@ -81,7 +82,7 @@ def test_the_search_never_reads_or_evaluates_the_test_set(monkeypatch: pytest.Mo
     spec = tiny_spec(space={"label_smoothing": [0.0, 0.1, 0.2], "epochs": 2})
     pool = load_pool(spec.data, CPU)
     study = optuna.create_study(direction="maximize", sampler=build_sampler(spec))
-    run_until(study, Objective(spec, pool, CPU), 3)
+    run_until(study, SearchObjective(spec, pool, CPU), 3)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 3
     assert not any(key.startswith("test_") for t in trials for key in t.user_attrs)
@@ -99,7 +100,7 @@ def test_a_pruned_trials_value_is_its_val_acc_attr() -> None:
     study = optuna.create_study(
         direction="maximize", sampler=build_sampler(spec), pruner=build_pruner(spec)
     )
-    run_until(study, Objective(spec, pool, CPU), 8)
+    run_until(study, SearchObjective(spec, pool, CPU), 8)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     pruned = [t for t in finished if t.state == TrialState.PRUNED]
     assert pruned, "the setting is chosen so that the tiny learning rate gets pruned"
@@ -118,14 +119,14 @@ def test_schedule_steps_compare_trials_of_different_lengths_at_the_same_point() 
         sampler={"type": "grid"},
         seeds=[0],
     )
-    objective = Objective(spec, load_pool(spec.data, CPU), CPU)
+    objective = SearchObjective(spec, load_pool(spec.data, CPU), CPU)
     config = TrialConfig(label_smoothing=0.0, epochs=2, lr=3e-2, trainable_layers=4)
     assert [objective.step(config, e) for e in (1, 2)] == [2, 4]
-    wide = Objective(tiny_spec(space={"epochs": {"low": 5, "high": 20}},
+    wide = SearchObjective(tiny_spec(space={"epochs": {"low": 5, "high": 20}},
                                pruner={"step": "schedule"}), objective.pool, CPU)  # fmt: skip
     seven = TrialConfig(label_smoothing=0.0, epochs=7, lr=3e-2, trainable_layers=4)
     assert [wide.step(seven, e) for e in range(1, 8)] == [3, 6, 9, 12, 15, 18, 20]
-    by_epoch = Objective(tiny_spec(), objective.pool, CPU)
+    by_epoch = SearchObjective(tiny_spec(), objective.pool, CPU)
     assert [by_epoch.step(seven, e) for e in range(1, 8)] == list(range(1, 8))
     study = optuna.create_study(
         direction="maximize", sampler=build_sampler(spec), pruner=build_pruner(spec)
@@ -143,7 +144,7 @@ def test_a_val_ece_objective_reads_ece_at_the_epoch_chosen_by_accuracy() -> None
     spec = tiny_spec(objective={"metric": "val_ece"}, space={"epochs": 4, "lr": 3e-2})
     pool = load_pool(spec.data, CPU)
     study = optuna.create_study(direction="minimize")
-    run_until(study, Objective(spec, pool, CPU), 1)
+    run_until(study, SearchObjective(spec, pool, CPU), 1)
     (trial,) = study.trials
     attrs = trial.user_attrs
     means = [np.mean(e) for e in zip(*attrs["curve_val_acc"], strict=True)]
@@ -157,7 +158,7 @@ def train_held_out(spec: StudySpec, config: TrialConfig, test_at: tuple[int, ...
     pool = load_pool(spec.data, CPU)
     test = load_test_set(spec.data, CPU)
     trial = optuna.create_study(direction="maximize").ask()
-    return Objective(spec, pool, CPU).train(
+    return SearchObjective(spec, pool, CPU).train(
         trial, config, [0, 1], prunes=False, test_set=test, test_at=test_at
     ) | {"held_out": trial.study.trials[0].user_attrs["held_out"]}
 
@@ -186,11 +187,11 @@ def test_test_metrics_come_from_the_chosen_epoch_and_shorter_runs_read_off_exact
 
 def test_progress_with_weights_and_held_out_results_survives_a_checkpoint() -> None:
     weights = [{"w": torch.arange(3.0)}]
-    progress = Progress([[]], best_weights=weights, held_out={3: {"test_acc": 0.5}})
+    progress = TrialProgress([[]], best_weights=weights, held_out={3: {"test_acc": 0.5}})
     buffer = io.BytesIO()
     torch.save(progress.state_dict(), buffer)
     buffer.seek(0)
-    back = Progress.from_state_dict(torch.load(buffer, weights_only=True))
+    back = TrialProgress.from_state_dict(torch.load(buffer, weights_only=True))
     assert torch.equal(back.best_weights[0]["w"], weights[0]["w"])
     assert back.held_out == {3: {"test_acc": 0.5}}
 

@@ -128,7 +128,7 @@ def test_a_dead_workers_trial_out_of_retries_leaves_no_checkpoint(tmp_path: Path
 
     from optuna.artifacts import FileSystemArtifactStore
 
-    from lsearch.checkpoint import Checkpoints, RetryOrDiscardCheckpoint
+    from lsearch.search.checkpoints import Checkpoints, RetryOrDiscardCheckpoint
 
     store = FileSystemArtifactStore(str(tmp_path))
     checkpoints = Checkpoints(store)
@@ -165,7 +165,7 @@ def test_a_file_a_killed_write_left_is_removed_by_the_next_save_or_at_the_end(
 
     from optuna.artifacts import FileSystemArtifactStore
 
-    from lsearch.checkpoint import Checkpoints, RetryOrDiscardCheckpoint
+    from lsearch.search.checkpoints import Checkpoints, RetryOrDiscardCheckpoint
 
     store = FileSystemArtifactStore(str(tmp_path))
     checkpoints = Checkpoints(store)

@@ -19,16 +19,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from lsearch import interrupts
-from lsearch import storage as storage_module
-from lsearch.liveness import HEARTBEAT_ATTR, StaleTrialSweeper
-from lsearch.results import lsearch_studies
-from lsearch.search import (
-    DuplicateConfiguration,
-    check_new,
-    register_worker,
-    run_one,
-)
-from lsearch.storage import TOKEN_ATTR, ResilientStorage
+from lsearch.outputs.results import lsearch_studies
+from lsearch.search.liveness import HEARTBEAT_ATTR, StaleTrialSweeper
+from lsearch.search.loop import run_one
+from lsearch.search.study import DuplicateConfiguration, check_new, register_worker
+from lsearch.store import storage as storage_module
+from lsearch.store.catalog import TOKEN_ATTR
+from lsearch.store.storage import ResilientStorage
 
 
 def lost_connection() -> OperationalError:
@@ -401,7 +398,7 @@ def test_a_session_the_lost_connection_left_broken_is_reset_and_the_call_retried
 
 def test_a_sampler_that_only_draws_held_configurations_ends_the_run_with_a_user_error() -> None:
     from lsearch.errors import UserError
-    from lsearch.search import MAX_DUPLICATES_IN_A_ROW, run_until
+    from lsearch.search.loop import MAX_DUPLICATES_IN_A_ROW, run_until
 
     study = optuna.create_study(storage=ResilientStorage(InMemoryStorage()))
 

@@ -12,13 +12,13 @@ import torch
 import torchvision
 from torch import nn
 
-import lsearch.models
+import lsearch.training.models
 from lsearch.errors import UserError
-from lsearch.models import LayeredModel, SmallCNN, build_model, layer_group_count
 from lsearch.spec import Model
+from lsearch.training.models import LayeredModel, SmallCNN, build_model, layer_group_count
 
 # The parameter-name prefixes of each group, from the head to the stem, written out here
-# independently of lsearch.models.
+# independently of lsearch.training.models.
 GROUP_PREFIXES = {
     "small_cnn": [("head.",), ("block3.",), ("block2.",), ("block1.",)],
     "resnet18": [
@@ -36,9 +36,9 @@ CASES = [(name, k) for name, groups in GROUP_PREFIXES.items() for k in range(1, 
 
 @pytest.fixture(autouse=True)
 def _fresh_weights_cache() -> Iterator[None]:
-    lsearch.models.load_state_dict.cache_clear()
+    lsearch.training.models.load_state_dict.cache_clear()
     yield
-    lsearch.models.load_state_dict.cache_clear()
+    lsearch.training.models.load_state_dict.cache_clear()
 
 
 def build(name: str, seed: int = 0, num_classes: int = 10) -> LayeredModel:
@@ -353,7 +353,7 @@ def test_a_file_without_a_state_dict_of_tensors_is_refused(tmp_path: Path, conte
     path = tmp_path / "weights.pth"
     torch.save(content, path)
     with pytest.raises(UserError, match="state dict"):
-        lsearch.models.load_state_dict(str(path))
+        lsearch.training.models.load_state_dict(str(path))
 
 
 def test_missing_or_unreadable_weights_files_are_user_errors(tmp_path: Path) -> None:
@@ -361,7 +361,7 @@ def test_missing_or_unreadable_weights_files_are_user_errors(tmp_path: Path) -> 
         build_model(Model(name="resnet18", weights=str(tmp_path / "nope.pth")), 3, 10, 0)
     assert "nope.pth" in str(info.value)
     with pytest.raises(UserError, match="no file at"):
-        lsearch.models.load_state_dict(str(tmp_path))  # a folder
+        lsearch.training.models.load_state_dict(str(tmp_path))  # a folder
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"definitely not a torch file" * 10)
     with pytest.raises(UserError, match="not a loadable state dict"):

@@ -2,8 +2,8 @@
 trial with its reason and the worker goes on; ten in a row stop it with the last reason.
 
 The end-to-end tests inject the failure into the real `lsearch` command without touching
-product code: a `sitecustomize.py` on PYTHONPATH wraps `lsearch.train.SeedRun.train_epoch`
-once that module is imported.
+product code: a `sitecustomize.py` on PYTHONPATH wraps
+`lsearch.training.seed_run.SeedRun.train_epoch` once that module is imported.
 """
 
 from __future__ import annotations
@@ -19,16 +19,11 @@ import torch
 from optuna.trial import TrialState
 
 from lsearch import interrupts
-from lsearch.compare import Plan, SeedRunObjective, _failed_keys, run_plans
+from lsearch.comparison.compare import Plan, SeedRunObjective, _failed_keys, run_plans
 from lsearch.errors import UserError
-from lsearch.objective import TrialConfig
-from lsearch.search import (
-    MAX_REASON_CHARS,
-    OUT_OF_MEMORY_ATTR,
-    StopOnRepeatedFailure,
-    failure_reason,
-    run_one,
-)
+from lsearch.search.loop import MAX_REASON_CHARS, StopOnRepeatedFailure, failure_reason, run_one
+from lsearch.search.objective import TrialConfig
+from lsearch.store.catalog import OUT_OF_MEMORY_ATTR
 from tests.conftest import TINY, run_lsearch
 
 DB = "lsearch.db"
@@ -37,7 +32,7 @@ OOM_MESSAGE = (
     "of which 1.02 GiB is free."
 )
 
-# Wraps SeedRun.train_epoch as soon as lsearch.train is imported (an import hook, so that
+# Wraps SeedRun.train_epoch as soon as lsearch.training.seed_run is imported (an import hook, so
 # the command's own import order is untouched). RAISE is filled in per test; WHEN is
 # "first" (the first call in the process only), a call's number, or "always".
 SITECUSTOMIZE = """
@@ -77,7 +72,7 @@ class _Loader(importlib.abc.Loader):
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "lsearch.train":
+        if name != "lsearch.training.seed_run":
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None:
@@ -235,7 +230,7 @@ def test_run_one_fails_a_poison_trial_and_frees_memory_after_out_of_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     released: list[int] = []
-    monkeypatch.setattr("lsearch.search.release_memory", lambda: released.append(1))
+    monkeypatch.setattr("lsearch.search.loop.release_memory", lambda: released.append(1))
     study = optuna.create_study()
     seen: list[int] = []
     callbacks = [lambda s, t: seen.append(t.number)]
@@ -275,7 +270,7 @@ def test_run_one_still_raises_what_stops_the_worker(exc: BaseException) -> None:
 
 
 class FakeTraining:
-    """Objective.train as SeedRunObjective calls it, failing as `script` says per seed."""
+    """SearchObjective.train as SeedRunObjective calls it, failing as `script` says per seed."""
 
     device = torch.device("cpu")
 

@@ -14,7 +14,8 @@ import torchvision
 from optuna.artifacts import get_all_artifact_meta
 
 from lsearch.errors import UserError
-from lsearch.search import build_pruner, build_sampler, run_until
+from lsearch.search.loop import run_until
+from lsearch.search.study import build_pruner, build_sampler
 from lsearch.spec import StudySpec
 from tests.conftest import TINY, run_lsearch
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from lsearch.augment import prepare, random_crop, random_flip
-from lsearch.metrics import (
+from lsearch.training.augment import prepare, random_crop, random_flip
+from lsearch.training.metrics import (
     accuracy,
     ece,
     fit_temperature,
@@ -20,7 +20,7 @@ from lsearch.metrics import (
     reliability_bins,
     reliability_bins_from_confidences,
 )
-from lsearch.train import smoothed_cross_entropy
+from lsearch.training.seed_run import smoothed_cross_entropy
 
 # context.md's worked example: K = 3, true class 0, p = [0.7, 0.2, 0.1].
 P = torch.tensor([[0.7, 0.2, 0.1]], dtype=torch.float64)

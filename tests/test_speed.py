@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-from lsearch.bench import SearchRun, bench, mean_epochs, summarise_search, synthetic_pool
-from lsearch.data import load_pool, split_for_seed
-from lsearch.models import build_model
+from lsearch.bench.speed import SearchRun, bench, mean_epochs, summarise_search, synthetic_pool
 from lsearch.spec import StudySpec, load_spec
-from lsearch.train import FeatureCache, SeedRun, make_optimizer, start_seed_run
+from lsearch.training.data import load_pool, split_for_seed
+from lsearch.training.models import build_model
+from lsearch.training.seed_run import FeatureCache, SeedRun, make_optimizer, start_seed_run
 from tests.conftest import TINY, run_lsearch
 
 CPU = torch.device("cpu")
@@ -177,7 +177,7 @@ def test_a_whole_network_trial_caches_no_inputs_and_gives_the_same_logits() -> N
 
 
 def test_the_gpu_feature_budget_is_a_quarter_of_the_free_memory(monkeypatch) -> None:
-    from lsearch import train
+    from lsearch.training import seed_run as train
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
     budget, basis = train.feature_cache_budget(torch.device("cuda", 0))
@@ -253,8 +253,8 @@ class SlowStore:
 
 
 def test_checkpoints_are_written_in_the_background_and_never_hold_training_up() -> None:
-    from lsearch.checkpoint import CheckpointWriter
-    from lsearch.train import snapshot
+    from lsearch.search.checkpoints import CheckpointWriter
+    from lsearch.training.seed_run import snapshot
 
     store = SlowStore()
     writer = CheckpointWriter(store, trial=None, every_s=0, written_epoch=0)  # type: ignore[arg-type]
@@ -272,7 +272,7 @@ def test_checkpoints_are_written_in_the_background_and_never_hold_training_up() 
 def test_every_s_spaces_the_writes_and_a_failed_write_is_raised_in_training() -> None:
     """A write that fails for another reason than the file system (a full disk is a warning:
     tests/test_full_disk.py) is raised in the training thread."""
-    from lsearch.checkpoint import CheckpointWriter
+    from lsearch.search.checkpoints import CheckpointWriter
 
     store = SlowStore()
     store.release.set()
@@ -296,14 +296,14 @@ def test_every_s_spaces_the_writes_and_a_failed_write_is_raised_in_training() ->
 
 def test_the_pruning_signal_script_ranks_the_pruner_s_view_against_the_final_value() -> None:
     """scripts/pruning_signal.py, on curves worked by hand, through lsearch's own view of a
-    trial (Progress.from_curves, Progress.reported). Spearman's rho of ranks (1, 2, 3) against
-    (3, 1, 2) is 1 - 6 * (4 + 1 + 1) / (3 * 8) = -0.5."""
+    trial (TrialProgress.from_curves, TrialProgress.reported). Spearman's rho of ranks (1, 2, 3)
+    against (3, 1, 2) is 1 - 6 * (4 + 1 + 1) / (3 * 8) = -0.5."""
     import importlib.util
     from pathlib import Path
 
     from optuna.trial import create_trial
 
-    from lsearch.objective import Progress
+    from lsearch.search.objective import TrialProgress
     from lsearch.spec import Objective
 
     path = Path(__file__).parent.parent / "scripts" / "pruning_signal.py"
@@ -318,7 +318,7 @@ def test_the_pruning_signal_script_ranks_the_pruner_s_view_against_the_final_val
                 "curve_val_loss": other, "curve_val_ece": other}  # fmt: skip
 
     best, final = Objective(select_epoch="best"), Objective(select_epoch="final")
-    dip = Progress.from_curves(attrs([[0.4, 0.3], [0.6, 0.3]]))  # mean 0.5, then 0.3
+    dip = TrialProgress.from_curves(attrs([[0.4, 0.3], [0.6, 0.3]]))  # mean 0.5, then 0.3
     assert dip.epochs_run == 2 and dip.history[1][0].val_acc == 0.6
     assert dip.reported(best, 2) == pytest.approx(0.5)
     assert dip.reported(final, 2) == pytest.approx(0.3)
@@ -390,22 +390,22 @@ def test_a_search_s_test_value_is_its_best_configuration_trained_on_the_new_seed
     measured on the test set: the same number as training it so by hand."""
     import optuna
 
-    from lsearch.bench import run_search
-    from lsearch.data import load_test_set
-    from lsearch.objective import Objective, TrialConfig
+    from lsearch.bench.speed import run_search
+    from lsearch.search.objective import SearchObjective, TrialConfig
+    from lsearch.training.data import load_test_set
 
     spec = load_spec("digits", [o for o in TINY if o != "--set"])
     cpu = torch.device("cpu")
     pool, test_set = load_pool(spec.data, cpu), load_test_set(spec.data, cpu)
     run = run_search(spec, pool, cpu, 4, 0, prune=False, held_out=(test_set, [5, 6]))
     config = TrialConfig(**run.best_config)
-    by_hand = Objective(spec, pool, cpu).train(
+    by_hand = SearchObjective(spec, pool, cpu).train(
         optuna.create_study().ask(), config, [5, 6], prunes=False, test_set=test_set
     )
     assert run.test_value == by_hand["test_acc"]
     assert by_hand["test_acc"] == pytest.approx(sum(by_hand["test_acc_per_seed"]) / 2)
     # Seeds 5 and 6 are not the search's: its own seeds give another number.
-    search_seeds = Objective(spec, pool, cpu).train(
+    search_seeds = SearchObjective(spec, pool, cpu).train(
         optuna.create_study().ask(), config, spec.seeds, prunes=False, test_set=test_set
     )
     assert search_seeds["test_acc"] != run.test_value

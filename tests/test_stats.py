@@ -1,4 +1,4 @@
-"""Paired statistics over seeds (lsearch.stats), checked against scipy and by hand."""
+"""Paired statistics over seeds (lsearch.analysis.stats), checked against scipy and by hand."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from scipy import integrate
 from scipy import stats as st
 
-from lsearch.stats import (
+from lsearch.analysis.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     WILCOXON_MIN_N,
@@ -627,7 +627,7 @@ def test_two_by_two_one_seed_and_bad_input() -> None:
 
 def test_imports_neither_torch_nor_optuna() -> None:
     code = (
-        "import sys, lsearch.stats; "
+        "import sys, lsearch.analysis.stats; "
         "print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -14,10 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lsearch.devices import claim_gpu, parse_gpus
-from lsearch.search import sampler_seed
+from lsearch.search.study import sampler_seed
+from lsearch.search.workers import worker_env
 from lsearch.spec import StudySpec
-from lsearch.workers import worker_env
+from lsearch.training.devices import claim_gpu, parse_gpus
 from tests.conftest import LSEARCH, TINY, run_lsearch
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -377,7 +377,7 @@ def test_claim_gpu_fills_every_gpu_before_sharing_one(tmp_path: Path) -> None:
 
 def test_claim_gpu_holds_across_processes(tmp_path: Path) -> None:
     script = (
-        "import sys, time; from lsearch.devices import claim_gpu; "
+        "import sys, time; from lsearch.training.devices import claim_gpu; "
         f"i, h = claim_gpu(2, {str(tmp_path)!r}); print(i, flush=True); time.sleep(30)"
     )
     procs = []
@@ -409,7 +409,7 @@ def test_sampler_seeds_differ_per_worker_and_after_a_resume() -> None:
 RACER = """
 import sys, time
 from pathlib import Path
-from lsearch.storage import open_storage
+from lsearch.store.storage import open_storage
 from lsearch.errors import UserError
 gun = Path(sys.argv[1])
 deadline = time.monotonic() + 120
@@ -454,8 +454,8 @@ def test_workers_opening_a_fresh_storage_at_the_same_moment_all_succeed(
 
 
 def test_gpus_with_an_explicit_cpu_device_is_a_user_error() -> None:
-    from lsearch.devices import worker_device
     from lsearch.errors import UserError
+    from lsearch.training.devices import worker_device
 
     assert worker_device("auto", ["0", "1"]) == "cuda"
     assert worker_device("cuda:free", []) == "cuda:free"  # cuda:free with --gpus: see below
@@ -468,7 +468,7 @@ def test_gpus_with_an_explicit_cpu_device_is_a_user_error() -> None:
 
 HOLDER = """
 import sys, time
-from lsearch.devices import CoreShare
+from lsearch.training.devices import CoreShare
 share = CoreShare(lock_dir=sys.argv[1], cores=8)
 print(share.slot, flush=True)
 time.sleep(60)
@@ -480,7 +480,7 @@ def test_workers_on_one_machine_divide_its_cores_among_them(tmp_path: Path) -> N
     grows back when a worker exits. --threads overrides it."""
     import torch
 
-    from lsearch.devices import CoreShare
+    from lsearch.training.devices import CoreShare
 
     own = CoreShare(lock_dir=tmp_path, cores=8)
     assert own.share() == 8
@@ -527,7 +527,7 @@ def test_a_cuda_device_becomes_the_current_device(monkeypatch: pytest.MonkeyPatc
     """No GPU here: torch.cuda's answers are stood in for, and set_device is recorded."""
     import torch
 
-    from lsearch import devices
+    from lsearch.training import devices
 
     current: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -543,7 +543,7 @@ def test_a_cuda_device_becomes_the_current_device(monkeypatch: pytest.MonkeyPatc
 def test_train_deterministic_switches_cudnn_autotuning(deterministic: bool) -> None:
     import torch
 
-    from lsearch.devices import set_determinism
+    from lsearch.training.devices import set_determinism
 
     saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
@@ -557,7 +557,7 @@ def test_train_deterministic_switches_cudnn_autotuning(deterministic: bool) -> N
 
 
 def test_a_worker_retries_a_lost_database_at_most_a_heartbeat_apart(tmp_path: Path) -> None:
-    from lsearch.launch import open_spec_storage
+    from lsearch.search.launch import open_spec_storage
 
     spec = StudySpec.model_validate(
         {"name": "x", "checkpoint": {"enabled": False},

@@ -43,8 +43,9 @@ from sqlalchemy.exc import (
 
 from lsearch import interrupts
 from lsearch.errors import UserError
+from lsearch.store.catalog import TOKEN_ATTR
 
-log = logging.getLogger("lsearch.storage")
+log = logging.getLogger("lsearch.store.storage")
 
 DEFAULT_STORAGE = "sqlite:///lsearch.db"
 STORAGE_ENV = "LSEARCH_STORAGE"
@@ -124,19 +125,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(cause, DBAPIError) and cause.connection_invalidated
 
 
-# The study in which workers register (lsearch.search.register_worker); not a search.
-WORKERS_STUDY = "lsearch:workers"
+# The study in which workers register (lsearch.search.study.register_worker); not a search.
 
 # The longest pause between attempts to reach a lost database. A worker opened for a study
 # pauses at most its heartbeat interval, so that once the database is back its heartbeat
-# resumes well within the grace period (see lsearch.liveness).
+# resumes well within the grace period (see lsearch.search.liveness).
 MAX_RETRY_DELAY_S = 10.0
 
 STOP_WRITE_TIMEOUT_S = 10.0
 """How long a stopping worker (Ctrl-C, SIGTERM, --timeout) keeps retrying a write: during an
 outage it still stops, and its trial comes back through the heartbeat path instead."""
-
-TOKEN_ATTR = "lsearch_create_token"
 
 
 def _fresh_template(template: FrozenTrial | None, token: str) -> FrozenTrial:
@@ -359,7 +357,7 @@ def open_storage(
     (commands that only read must not leave an empty database behind). Once open, a lost
     connection is waited out for `reconnect_timeout` seconds (see ResilientStorage).
     Liveness (heartbeats, stale trials) is lsearch's own, through ordinary trial attrs: see
-    lsearch.liveness.
+    lsearch.search.liveness.
     """
     if url.startswith("grpc://"):
         return _grpc_proxy(url)

@@ -11,9 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.errors import UserError
-from lsearch.storage import WORKERS_STUDY
-
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+from lsearch.store.catalog import STATES, WORKERS_STUDY
 
 
 @dataclass(frozen=True)

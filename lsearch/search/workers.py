@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from lsearch import interrupts
-from lsearch.storage import STORAGE_ENV
+from lsearch.store.storage import STORAGE_ENV
 
 
 def worker_env(index: int, gpus: Sequence[str], storage_url: str, count: int = 1) -> dict[str, str]:

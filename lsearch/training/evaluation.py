@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lsearch import metrics
+from lsearch.training import metrics
 
 N_BINS = 15
 # The per-seed test metrics, by their user-attr names (each also has a `_per_seed` list).

@@ -13,7 +13,7 @@ every objective). A trial whose loss became NaN gets `fail_reason` (search.run_o
 to a trial that raised anything else), one that could not use its checkpoint
 `checkpoint_error`, one that could not write one `checkpoint_warning`. A trial trained with a
 test set (`lsearch compare`, `lsearch evaluate`) also gets the test metrics of
-`lsearch.evaluation.TEST_METRICS` with their `_per_seed` lists, the reliability data, and
+`lsearch.training.evaluation.TEST_METRICS` with their `_per_seed` lists, the reliability data, and
 `held_out`: those results for every epoch count read from it.
 
 With checkpoints on, every epoch is checkpointed before it is reported; a trial that
@@ -37,17 +37,18 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from lsearch import interrupts, metrics
-from lsearch.checkpoint import CHECKPOINT_ATTR, Checkpoints, CheckpointWriter
-from lsearch.data import ImagePool, Split, TestSet, split_for_seed
-from lsearch.devices import CoreShare, describe_device
-from lsearch.evaluation import TEST_METRICS, held_out_metrics
-from lsearch.models import build_model
-from lsearch.search import check_new
+from lsearch import interrupts
+from lsearch.search.checkpoints import CHECKPOINT_ATTR, Checkpoints, CheckpointWriter
+from lsearch.search.study import check_new
 from lsearch.spec import Objective as ObjectiveSpec
 from lsearch.spec import Param, Space, StudySpec
-from lsearch.storage import is_transient
-from lsearch.train import (
+from lsearch.store.storage import is_transient
+from lsearch.training import metrics
+from lsearch.training.data import ImagePool, Split, TestSet, split_for_seed
+from lsearch.training.devices import CoreShare, describe_device
+from lsearch.training.evaluation import TEST_METRICS, held_out_metrics
+from lsearch.training.models import build_model
+from lsearch.training.seed_run import (
     EpochMetrics,
     FeatureCache,
     NonFiniteLossError,
@@ -100,7 +101,7 @@ def _mean(values: list[float]) -> float:
 
 
 @dataclass
-class Progress:
+class TrialProgress:
     """Where a trial stands: per-seed curves, the best epoch so far (1-based) by mean
     validation accuracy with its logits (and, when the test set will be evaluated, its
     weights), and the held-out results already computed at intermediate epoch counts."""
@@ -140,8 +141,8 @@ class Progress:
         return self.mean(metric, self.chosen_epoch(objective, epoch))
 
     @classmethod
-    def from_curves(cls, attrs: dict[str, Any]) -> Progress:
-        """The curves a finished trial recorded (`curve_*` attrs), as a Progress."""
+    def from_curves(cls, attrs: dict[str, Any]) -> TrialProgress:
+        """The curves a finished trial recorded (`curve_*` attrs), as a TrialProgress."""
         names = [metric.name for metric in fields(EpochMetrics)]
         history = []
         for seed in zip(*(attrs[f"curve_{name}"] for name in names), strict=True):
@@ -177,7 +178,7 @@ class Progress:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> Progress:
+    def from_state_dict(cls, state: dict[str, Any]) -> TrialProgress:
         history = [[EpochMetrics(**m) for m in curve] for curve in state["history"]]
         return cls(
             history, state["best_acc"], state["best_epoch"], state["best_logits"],
@@ -186,7 +187,7 @@ class Progress:
         )  # fmt: skip
 
 
-class Objective:
+class SearchObjective:
     """Callable by `study.optimize`; holds what every trial of this process shares.
 
     A search trial suggests its configuration and trains `spec.seeds` in lockstep.
@@ -248,15 +249,15 @@ class Objective:
 
     def resume(
         self, trial: optuna.Trial, config: TrialConfig, runs: list[SeedRun], prunes: bool
-    ) -> Progress | None:
+    ) -> TrialProgress | None:
         """Restore a re-queued trial from the newest checkpoint of the trial it replaces.
 
         A checkpoint that cannot be trusted (damaged, or not a state of these runs) is never
         fatal: it is removed, the reason goes to the user attr `checkpoint_error`, `runs` are
         rebuilt in place (a seed that loaded before a later one failed must not go on from
         it) and the trial trains from the start (None)."""
-        from lsearch.checkpoint import DamagedCheckpoint
         from lsearch.errors import one_line
+        from lsearch.search.checkpoints import DamagedCheckpoint
 
         pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
         if self.checkpoints is None or not pointer:
@@ -272,7 +273,7 @@ class Objective:
             if state is None:
                 return None
             try:
-                progress = Progress.from_state_dict(state["progress"])
+                progress = TrialProgress.from_state_dict(state["progress"])
                 moved = [
                     run.load_state_dict(s, progress.epochs_run)
                     for run, s in zip(runs, state["seeds"], strict=True)
@@ -350,7 +351,7 @@ class Objective:
         self.features.new_trial()
         runs = [self.start(seed, config) for seed in seeds]
         trial.set_user_attr("precision", runs[0].precision.name)  # float16, bfloat16, float32
-        progress = self.resume(trial, config, runs, prunes) or Progress([[] for _ in runs])
+        progress = self.resume(trial, config, runs, prunes) or TrialProgress([[] for _ in runs])
         first_epoch = progress.epochs_run + 1
         keep_weights = None if test_set is None else (lambda: [r.weights() for r in runs])
         self._writer = None
@@ -392,7 +393,7 @@ class Objective:
         trial: optuna.Trial,
         config: TrialConfig,
         runs: list[SeedRun],
-        progress: Progress,
+        progress: TrialProgress,
         started: float,
         first_epoch: int,
         prunes: bool,
@@ -422,7 +423,7 @@ class Objective:
                 progress.held_out[epoch] = self._held_out(runs, progress, test_set, epoch)
             if self._writer is not None:
                 # The seeds' weights and optimizer state change in place as training goes on:
-                # they are copied on the device. Progress is already a copy of settled values.
+                # they are copied on the device. TrialProgress is already a copy of settled values.
                 seeds = snapshot([r.state_dict() for r in runs])
                 self._writer.epoch_done(epoch, {"seeds": seeds, "progress": progress.state_dict()})
             value = progress.reported(self.spec.objective, epoch)
@@ -449,7 +450,7 @@ class Objective:
         return {**self._record(trial, progress, started, first_epoch, pruned_at=None), **final}
 
     def _held_out(
-        self, runs: list[SeedRun], progress: Progress, test_set: TestSet, epoch: int
+        self, runs: list[SeedRun], progress: TrialProgress, test_set: TestSet, epoch: int
     ) -> dict[str, Any]:
         """Validation and test results per seed of the models chosen after `epoch` epochs."""
         chosen = progress.chosen_epoch(self.spec.objective, epoch)
@@ -483,7 +484,7 @@ class Objective:
     def _record(
         self,
         trial: optuna.Trial,
-        progress: Progress,
+        progress: TrialProgress,
         started: float,
         first_epoch: int,
         pruned_at: int | None,

@@ -25,10 +25,10 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats as st
 
+from lsearch.analysis.verdict import LABELS, in_points, show_level
 from lsearch.errors import UserError
-from lsearch.verdict import LABELS, in_points, show_level
+from lsearch.store.catalog import FINISHED
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PRUNED_MARKER = {
     "symbol": "x-thin", "line": {"width": 2, "color": "#d62728"}, "size": 9, "color": "#d62728",
 }  # fmt: skip
@@ -540,7 +540,7 @@ def build_sections(
 
 def comparison_section(result: dict[str, Any]) -> Section:
     """A comparison's cells and paired differences per metric, with its tables."""
-    from lsearch.verdict import cell_rows, pair_rows
+    from lsearch.analysis.verdict import cell_rows, pair_rows
 
     digest = hashlib.sha1(result["study"].encode()).hexdigest()[:8]
     part = Section(
@@ -664,9 +664,9 @@ def comparison_results(
     storage: optuna.storages.BaseStorage, search_study: str
 ) -> list[tuple[optuna.Study, dict[str, Any]]]:
     """Every comparison of a search with its numbers, recomputed from its trials."""
-    from lsearch.compare import linked_comparisons, report
+    from lsearch.comparison.compare import linked_comparisons, summarise
 
-    return [(study, report(request, study)) for study, request in linked_comparisons(
+    return [(study, summarise(request, study)) for study, request in linked_comparisons(
         storage, search_study)]  # fmt: skip
 
 
@@ -681,7 +681,7 @@ def publish(
 ) -> tuple[list[Section], list[str]]:
     """Recompute the report of a search (when it exists) and of its comparisons, and store
     their figures and verdicts in each study for optuna-dashboard (same ids: replaced)."""
-    from lsearch.verdict import to_markdown
+    from lsearch.analysis.verdict import to_markdown
 
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, False)}
     results = comparison_results(storage, search_study) if search_study else []

@@ -138,13 +138,14 @@ def run(
 ) -> None:
     """Run (or continue) a search until the study holds --trials finished trials."""
     from lsearch import interrupts
-    from lsearch.devices import parse_gpus, worker_device
-    from lsearch.launch import prepare
-    from lsearch.objective import Objective
-    from lsearch.progress import SearchProgress, summary_table
-    from lsearch.search import count_finished, run_until
-    from lsearch.storage import mask_url, resolve_url
-    from lsearch.workers import start_workers, wait_for
+    from lsearch.outputs.live import SearchProgress, summary_table
+    from lsearch.search.launch import prepare_search
+    from lsearch.search.loop import run_until
+    from lsearch.search.objective import SearchObjective
+    from lsearch.search.study import count_finished
+    from lsearch.search.workers import start_workers, wait_for
+    from lsearch.store.storage import mask_url, resolve_url
+    from lsearch.training.devices import parse_gpus, worker_device
 
     if trials < 1:
         raise UserError(
@@ -169,7 +170,7 @@ def run(
     quiet_libraries()
     url = resolve_url(storage)
     supervises = workers > 1 or bool(gpu_list)
-    prepared = prepare(study, overrides, url, device, name, not supervises, threads)
+    prepared = prepare_search(study, overrides, url, device, name, not supervises, threads)
     spec, found = prepared.spec, prepared.study
     done = count_finished(found)
     if not quiet:
@@ -204,7 +205,7 @@ def run(
                 if any(codes):
                     err.print(f"worker exit codes: {codes}")
             else:
-                objective = Objective(
+                objective = SearchObjective(
                     spec,
                     prepared.pool,
                     prepared.device,
@@ -264,8 +265,8 @@ def proxy(
 
     from optuna.storages import run_grpc_proxy_server
 
-    from lsearch.launch import watch_stale_trials
-    from lsearch.storage import mask_url, open_storage, resolve_url
+    from lsearch.search.launch import watch_stale_trials
+    from lsearch.store.storage import mask_url, open_storage, resolve_url
 
     quiet_libraries()
     url = resolve_url(storage)
@@ -297,8 +298,8 @@ def status(
     """List the studies in a storage with their trial counts by state, best value, and the
     checkpoints their unfinished trials keep (with their size, for a local store); `!N`
     there counts trials that could not write a checkpoint (explained below the table)."""
-    from lsearch.results import STATES, pick_study, study_rows
-    from lsearch.storage import mask_url, open_storage, resolve_url
+    from lsearch.outputs.results import STATES, pick_study, study_rows
+    from lsearch.store.storage import mask_url, open_storage, resolve_url
 
     quiet_libraries()
     url = resolve_url(storage)
@@ -343,8 +344,8 @@ def best(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines")] = False,
 ) -> None:
     """Print the best trial's parameters and metrics (the Pareto front if multi-objective)."""
-    from lsearch.results import best_trials, pick_study, trial_summary
-    from lsearch.storage import open_storage, resolve_url
+    from lsearch.outputs.results import best_trials, pick_study, trial_summary
+    from lsearch.store.storage import open_storage, resolve_url
 
     quiet_libraries()
     found = pick_study(open_storage(resolve_url(storage), must_exist=True), study)
@@ -442,10 +443,10 @@ def compare(
 
     Seeds default to the study file's seeds, or with --from-best to fresh ones.
     """
-    from lsearch.compare import comparison_request
-    from lsearch.models import layer_group_count
+    from lsearch.comparison.compare import comparison_request
     from lsearch.spec import load_spec
-    from lsearch.storage import open_storage, resolve_url
+    from lsearch.store.storage import open_storage, resolve_url
+    from lsearch.training.models import layer_group_count
 
     quiet_libraries()
     url = resolve_url(storage)
@@ -493,8 +494,8 @@ def evaluate(
 ) -> None:
     """Train one configuration of a search (its best trial by default) on fresh seeds and
     record its held-out test metrics: a one-cell comparison."""
-    from lsearch.compare import evaluation_request
-    from lsearch.storage import open_storage, resolve_url
+    from lsearch.comparison.compare import evaluation_request
+    from lsearch.store.storage import open_storage, resolve_url
 
     quiet_libraries()
     url = resolve_url(storage)
@@ -520,14 +521,15 @@ def _run_comparison(
     """Check inputs, train what is missing (here or in workers), print the comparison."""
     import torch
 
-    from lsearch import compare, interrupts
-    from lsearch.data import load_test_set
-    from lsearch.devices import describe_device
-    from lsearch.launch import check_and_load, open_spec_storage
-    from lsearch.progress import SeedRunProgress
-    from lsearch.search import register_worker
-    from lsearch.storage import mask_url, open_storage
-    from lsearch.workers import start_workers, wait_for
+    from lsearch import interrupts
+    from lsearch.comparison import compare
+    from lsearch.outputs.live import SeedRunProgress
+    from lsearch.search.launch import check_and_load, open_spec_storage
+    from lsearch.search.study import register_worker
+    from lsearch.search.workers import start_workers, wait_for
+    from lsearch.store.storage import mask_url, open_storage
+    from lsearch.training.data import load_test_set
+    from lsearch.training.devices import describe_device
 
     dry_run, as_json, markdown = output
     device_name, threads = device_threads
@@ -581,15 +583,15 @@ def _run_comparison(
     if quiet:
         return
     compare.record_test_use(storage, request, found)
-    result = compare.report(request, found)
+    result = compare.summarise(request, found)
     # The figures and verdicts go into the studies too, for optuna-dashboard.
-    from lsearch.report import publish
+    from lsearch.outputs.html_report import publish
 
     publish(storage, request.search_study)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     elif markdown:
-        from lsearch.verdict import to_markdown
+        from lsearch.analysis.verdict import to_markdown
 
         sys.stdout.write(to_markdown(result))
     else:
@@ -599,7 +601,7 @@ def _run_comparison(
 def _print_plan(request: Any, existing: Any, per_epoch: float | None, shown_url: str) -> None:
     from dataclasses import asdict
 
-    from lsearch import compare
+    from lsearch.comparison import compare
 
     plans = compare.pending_plans(request, existing)
     for note in request.notes:
@@ -639,7 +641,7 @@ def _print_plan(request: Any, existing: Any, per_epoch: float | None, shown_url:
 
 
 def _print_report(result: dict[str, Any], shown_notes: tuple[str, ...]) -> None:
-    from lsearch.verdict import LABELS, show, show_interval, show_level
+    from lsearch.analysis.verdict import LABELS, show, show_interval, show_level
 
     metrics = result["metrics"]
     for note in result["notes"][len(shown_notes) :]:  # the request's notes came first
@@ -722,9 +724,9 @@ def export(
     metric, as CSV or JSON (columns: see lsearch/export.py)."""
     from pathlib import Path
 
-    from lsearch.export import check_format, export_rows, render, write_atomic
-    from lsearch.results import pick_study
-    from lsearch.storage import open_storage, resolve_url
+    from lsearch.outputs.export import check_format, export_rows, render, write_atomic
+    from lsearch.outputs.results import pick_study
+    from lsearch.store.storage import open_storage, resolve_url
 
     fmt = check_format(fmt)
     quiet_libraries()
@@ -754,8 +756,8 @@ def dashboard(
 ) -> None:
     """Serve optuna-dashboard for a storage, with its kept checkpoints, on 127.0.0.1:8080.
     Ctrl-C stops it."""
-    from lsearch.dashboard import exposure_warning, is_loopback, open_dashboard, url_of
-    from lsearch.storage import mask_url, resolve_url
+    from lsearch.outputs.dashboard import exposure_warning, is_loopback, open_dashboard, url_of
+    from lsearch.store.storage import mask_url, resolve_url
 
     try:
         quiet_libraries()
@@ -795,10 +797,10 @@ def report(
     optuna-dashboard."""
     from pathlib import Path
 
-    from lsearch import report as reporting
-    from lsearch.export import write_atomic
-    from lsearch.results import pick_study
-    from lsearch.storage import open_storage, resolve_url
+    from lsearch.outputs import html_report as reporting
+    from lsearch.outputs.export import write_atomic
+    from lsearch.outputs.results import pick_study
+    from lsearch.store.storage import open_storage, resolve_url
 
     if image_format not in ("html", "png", "svg"):
         raise UserError(f"--format {image_format!r}: use html, png or svg")
@@ -865,9 +867,9 @@ def bench(
     what a --trials 100 search would take; then measure the memory a whole trial (every seed,
     the feature cache) holds, the figure to size workers by. Needs no storage (and, but for
     --search, no Optuna)."""
-    from lsearch import bench as benchmark
-    from lsearch.devices import resolve_device, set_determinism
+    from lsearch.bench import speed as benchmark
     from lsearch.spec import load_spec
+    from lsearch.training.devices import resolve_device, set_determinism
 
     spec = load_spec(study, list(set_ or []))
     chosen = resolve_device(device)
@@ -881,7 +883,7 @@ def bench(
             f"{epochs} epochs after a warm-up" + (", then the usual way" if baseline else ""),
             highlight=False,
         )
-    result = benchmark.bench(spec, chosen, epochs, synthetic, baseline)
+    result = benchmark.measure_speed(spec, chosen, epochs, synthetic, baseline)
     seeds, mean_epochs = len(spec.seeds), benchmark.mean_epochs(spec)
     if as_json:
         out.print_json(json.dumps(result.to_json(seeds, mean_epochs), allow_nan=False))
@@ -939,7 +941,7 @@ def _print_trial_memory(memory: Any) -> None:
 
 
 def _bench_search(spec: Any, device: Any, trials: int, sampler_seeds: int, as_json: bool) -> None:
-    from lsearch import bench as benchmark
+    from lsearch.bench import speed as benchmark
 
     if trials < 1 or sampler_seeds < 1:
         raise UserError("--trials and --sampler-seeds must be at least 1")
@@ -1024,7 +1026,7 @@ def doctor(
 
     from lsearch import doctor as checkup
     from lsearch.spec import load_spec
-    from lsearch.storage import resolve_url
+    from lsearch.store.storage import resolve_url
 
     spec = load_spec(study, list(set_ or []))
     checkup.parse_device(device)

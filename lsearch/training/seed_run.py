@@ -21,12 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lsearch import interrupts, metrics
-from lsearch.augment import prepare
-from lsearch.data import ImagePool, Split
-from lsearch.devices import Precision, autocast_precision, requested_precision
-from lsearch.models import LayeredModel
+from lsearch import interrupts
 from lsearch.spec import Data, Train
+from lsearch.training import metrics
+from lsearch.training.augment import prepare
+from lsearch.training.data import ImagePool, Split
+from lsearch.training.devices import Precision, autocast_precision, requested_precision
+from lsearch.training.models import LayeredModel
 
 
 class NonFiniteLossError(RuntimeError):

@@ -30,31 +30,30 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch import interrupts
-from lsearch.data import ImagePool, TestSet
-from lsearch.devices import CoreShare
+from lsearch.analysis.verdict import describe
 from lsearch.errors import UserError
-from lsearch.evaluation import pooled_reliability
-from lsearch.objective import Objective, TrialConfig
-from lsearch.search import (
+from lsearch.search.loop import Liveness, run_one
+from lsearch.search.objective import SearchObjective, TrialConfig
+from lsearch.search.study import produced_by
+from lsearch.spec import SEARCH_PARAMS, StudySpec
+from lsearch.store.catalog import (
+    BASE_ATTR,
     FINGERPRINT_ATTR,
+    FINISHED,
+    GRID_ATTR,
     KIND_ATTR,
+    METRICS_ATTR,
     OUT_OF_MEMORY_ATTR,
     PRODUCED_BY_ATTR,
+    SEARCH_STUDY_ATTR,
+    SEEDS_ATTR,
     SPEC_ATTR,
-    Liveness,
-    produced_by,
-    run_one,
+    TEST_COUNT_ATTR,
 )
-from lsearch.spec import SEARCH_PARAMS, StudySpec
-from lsearch.train import NonFiniteLossError
-from lsearch.verdict import describe
-
-SEARCH_STUDY_ATTR = "lsearch_search_study"
-TEST_COUNT_ATTR = "lsearch_test_configurations"
-GRID_ATTR = "lsearch_grid"
-BASE_ATTR = "lsearch_base"
-SEEDS_ATTR = "lsearch_seeds"
-METRICS_ATTR = "lsearch_metrics"
+from lsearch.training.data import ImagePool, TestSet
+from lsearch.training.devices import CoreShare
+from lsearch.training.evaluation import pooled_reliability
+from lsearch.training.seed_run import NonFiniteLossError
 
 # The metrics a comparison reports by default, and every one it can report.
 DEFAULT_METRICS = ("val_acc", "val_ece", "test_acc", "test_ece", "test_ece_ts", "test_nll")
@@ -350,7 +349,11 @@ class SeedRunObjective:
     A retried trial (its worker died) arrives with its params and resumes its checkpoint."""
 
     def __init__(
-        self, objective: Objective, test_set: TestSet, plans: Sequence[Plan], worker_index: int
+        self,
+        objective: SearchObjective,
+        test_set: TestSet,
+        plans: Sequence[Plan],
+        worker_index: int,
     ) -> None:
         self.objective = objective
         self.test_set = test_set
@@ -611,7 +614,7 @@ def evaluation_request(
     metrics: Sequence[str],
 ) -> Request:
     """One configuration of a search (its best trial by default) as a one-cell comparison."""
-    from lsearch.results import pick_study
+    from lsearch.outputs.results import pick_study
 
     search = pick_study(storage, study_name, search_only=True)
     stored = search.user_attrs.get(SPEC_ATTR)
@@ -660,7 +663,7 @@ def pending_plans(request: Request, study: optuna.Study | None) -> list[Plan]:
 def seconds_per_seed_epoch(url: str, request: Request) -> float | None:
     """Measured training time per seed and epoch in the comparison and its search, read
     without creating anything (None when nothing has been timed)."""
-    from lsearch.storage import open_storage
+    from lsearch.store.storage import open_storage
 
     try:
         storage = open_storage(url, must_exist=True)
@@ -674,7 +677,7 @@ def seconds_per_seed_epoch(url: str, request: Request) -> float | None:
         if name not in known:
             continue
         study = optuna.load_study(study_name=name, storage=storage)
-        for trial in study.get_trials(deepcopy=False, states=FINISHED_STATES):
+        for trial in study.get_trials(deepcopy=False, states=FINISHED):
             attrs = trial.user_attrs
             if "train_seconds" in attrs and attrs.get("epochs_trained"):
                 seconds += attrs["train_seconds"]
@@ -682,12 +685,9 @@ def seconds_per_seed_epoch(url: str, request: Request) -> float | None:
     return seconds / epochs if epochs else None
 
 
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def report(request: Request, study: optuna.Study | None) -> dict[str, Any]:
+def summarise(request: Request, study: optuna.Study | None) -> dict[str, Any]:
     """Every number of the comparison, recomputed from the per-seed results in the study."""
-    from lsearch.verdict import analyse
+    from lsearch.analysis.verdict import analyse
 
     trials = [] if study is None else study.get_trials(deepcopy=False)
     found = collect(trials, request.constant_schedule)
@@ -809,13 +809,13 @@ def train_pending(
 ) -> None:
     """Train this worker's share of the pending seed-runs (with any others, through the
     storage) until none is left to start or running."""
-    from lsearch.launch import open_checkpoints
+    from lsearch.search.launch import open_checkpoints
 
     plans = pending_plans(request, study)
     if not plans:
         return
     pool, test_set = data
-    objective = Objective(
+    objective = SearchObjective(
         request.spec, pool, device, on_epoch=progress.on_epoch,
         checkpoints=open_checkpoints(request.spec), cores=cores,
     )  # fmt: skip

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from lsearch import stats
+from lsearch.analysis import stats
 
 LABELS = {
     "val_acc": "validation accuracy",

@@ -36,8 +36,9 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-HEARTBEAT_ATTR = "lsearch_heartbeat"
-log = logging.getLogger("lsearch.liveness")
+from lsearch.store.catalog import HEARTBEAT_ATTR
+
+log = logging.getLogger("lsearch.search.liveness")
 
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 

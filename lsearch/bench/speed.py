@@ -40,12 +40,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lsearch.data import ImagePool, Split, TestSet, load_pool, load_test_set, split_for_seed
-from lsearch.devices import Precision, autocast_precision, describe_device, requested_precision
 from lsearch.errors import UserError
-from lsearch.models import LayeredModel, build_model
 from lsearch.spec import StudySpec
-from lsearch.train import (
+from lsearch.training.data import (
+    ImagePool,
+    Split,
+    TestSet,
+    load_pool,
+    load_test_set,
+    split_for_seed,
+)
+from lsearch.training.devices import (
+    Precision,
+    autocast_precision,
+    describe_device,
+    requested_precision,
+)
+from lsearch.training.models import LayeredModel, build_model
+from lsearch.training.seed_run import (
     FeatureCache,
     SeedRun,
     make_optimizer,
@@ -294,7 +306,7 @@ def _speed(split: Split, epochs: int, seconds: tuple[float, float], device: torc
 
 
 def _net(spec: StudySpec, pool: ImagePool, trainable_layers: int, seed: int = 0) -> LayeredModel:
-    """The model as a trial builds it for `seed` (objective.Objective.start)."""
+    """The model as a trial builds it for `seed` (objective.SearchObjective.start)."""
     seed_everything(seed)
     net = build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=seed)
     net.freeze(trainable_layers)
@@ -321,7 +333,7 @@ def measure_lsearch(
 
 def measure_trial_memory(spec: StudySpec, pool: ImagePool, device: torch.device) -> TrialMemory:
     """What a trial of the baseline configuration holds: one seed run per seed of
-    `spec.seeds`, built as `Objective.start` builds them and sharing one feature cache keyed
+    `spec.seeds`, built as `SearchObjective.start` builds them and sharing one feature cache keyed
     (seed, trainable_layers), trained and evaluated for one epoch in lockstep; then the first
     seed trains and evaluates again, because a trial's later epochs train with every seed's
     features cached (in the first, the last seed trains before its own are), with the checkpoint
@@ -498,7 +510,7 @@ def measure_baseline(
     return _speed(split, epochs, seconds, device)
 
 
-def bench(
+def measure_speed(
     spec: StudySpec, device: torch.device, epochs: int, synthetic: bool, baseline: bool
 ) -> BenchResult:
     """Time one seed as a trial trains it, measure a whole trial's memory, and with
@@ -556,8 +568,9 @@ def run_search(
     measured on its test set."""
     import optuna
 
-    from lsearch.objective import Objective, TrialConfig
-    from lsearch.search import build_pruner, build_sampler, run_until
+    from lsearch.search.loop import run_until
+    from lsearch.search.objective import SearchObjective, TrialConfig
+    from lsearch.search.study import build_pruner, build_sampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if not prune:
@@ -568,7 +581,7 @@ def run_search(
         pruner=build_pruner(spec),
     )
     started = time.perf_counter()
-    run_until(study, Objective(spec, pool, device), trials)
+    run_until(study, SearchObjective(spec, pool, device), trials)
     wall = time.perf_counter() - started
     finished = study.get_trials(deepcopy=False)
     seed_epochs = sum(
@@ -577,7 +590,7 @@ def run_search(
     )
     best_config = study.best_trial.user_attrs["config"]
     test_set, seeds = held_out
-    attrs = Objective(spec, pool, device).train(
+    attrs = SearchObjective(spec, pool, device).train(
         study.ask(), TrialConfig(**best_config), seeds, prunes=False, test_set=test_set
     )
     test_value = float(attrs[TEST_METRIC[spec.objective.metric]])
@@ -604,7 +617,7 @@ def bench_search(
     """The study's search with its pruner and with none, over `sampler_seeds` sampler seeds
     (one search against one search is noise); each search's best configuration is measured
     on the test set over the same `test_seeds` fresh seeds."""
-    from lsearch.compare import fresh_seeds
+    from lsearch.comparison.compare import fresh_seeds
 
     if len(spec.objective.directions) != 1:
         raise UserError("bench --search needs a single-objective study (pruning needs one)")

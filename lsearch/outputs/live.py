@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lsearch.search import FINISHED
+from lsearch.store.catalog import FINISHED
 
 
 def _format(value: float | None) -> str:

@@ -1,6 +1,6 @@
 """optuna-dashboard for an lsearch storage, served by a threaded WSGI server.
 
-The storage is opened through `lsearch.storage.open_storage`, so a SQLite study gets the
+The storage is opened through `lsearch.store.storage.open_storage`, so a SQLite study gets the
 same WAL journal and busy timeout as its workers: the dashboard reads while they write and
 never makes them fail with "database is locked" (optuna-dashboard#545). The artifact store
 is the one lsearch writes checkpoints to, so kept checkpoints are listed on their trials.
@@ -131,8 +131,8 @@ def open_dashboard(
     except ImportError:
         raise UserError(f"lsearch dashboard needs optuna-dashboard: {INSTALL_HINT}") from None
 
-    from lsearch.checkpoint import open_artifact_store
-    from lsearch.storage import open_storage
+    from lsearch.search.checkpoints import open_artifact_store
+    from lsearch.store.storage import open_storage
 
     storage = open_storage(url, must_exist=True)
     try:

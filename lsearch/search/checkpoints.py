@@ -38,9 +38,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from lsearch.errors import one_line
-
-CHECKPOINT_ATTR = "checkpoint"
-PENDING_ATTR = "checkpoint_pending"  # the file being written, named before it exists
+from lsearch.store.catalog import CHECKPOINT_ATTR, CHECKPOINT_PENDING_ATTR, CHECKPOINT_WARNING_ATTR
 
 
 def open_artifact_store(location: str) -> Any:
@@ -117,7 +115,7 @@ class Checkpoints:
         # Name the file in the trial before writing it, so that a worker killed mid-write
         # leaves no file nobody knows of: the next save, finish or discard removes it.
         self.remove_pending(trial.user_attrs, previous)
-        trial.set_user_attr(PENDING_ATTR, artifact_id)
+        trial.set_user_attr(CHECKPOINT_PENDING_ATTR, artifact_id)
         self.store.write(artifact_id, buffer)
         try:
             pointer = {"artifact_id": artifact_id, "epoch": epoch, "sha256": sha256}
@@ -176,7 +174,7 @@ class Checkpoints:
 
     def remove_pending(self, attrs: dict[str, Any], pointer: dict[str, Any] | None) -> None:
         """Remove a file a killed write may have left (named, never pointed at)."""
-        pending = attrs.get(PENDING_ATTR)
+        pending = attrs.get(CHECKPOINT_PENDING_ATTR)
         if pending and (not pointer or pending != pointer["artifact_id"]):
             self._remove(pending)
 
@@ -224,8 +222,7 @@ def to_host(value: Any) -> Any:
     return value
 
 
-WARNING_ATTR = "checkpoint_warning"  # why a checkpoint of the trial could not be written
-log = logging.getLogger("lsearch.checkpoint")
+log = logging.getLogger("lsearch.search.checkpoints")
 _warned = threading.Lock()  # held for good once this process has printed its warning
 
 
@@ -329,7 +326,7 @@ class CheckpointWriter:
         reason = describe_os_error(exc, getattr(self.checkpoints.store, "_base_path", None))
         if not self.warned:
             self.warned = True
-            self.trial.set_user_attr(WARNING_ATTR, f"epoch {epoch}: {reason}")
+            self.trial.set_user_attr(CHECKPOINT_WARNING_ATTR, f"epoch {epoch}: {reason}")
         if _warned.acquire(blocking=False):
             log.warning(
                 "warning: checkpoint of trial %d could not be written (%s); the trial goes on "

@@ -10,17 +10,19 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-from lsearch.checkpoint import Checkpoints, RetryOrDiscardCheckpoint, open_artifact_store
-from lsearch.data import ImagePool, load_pool
-from lsearch.devices import CoreShare, describe_device, resolve_device, set_determinism
 from lsearch.errors import UserError
-from lsearch.liveness import StaleTrialSweeper
-from lsearch.models import build_model, layer_group_count
-from lsearch.search import SPEC_ATTR, Liveness, liveness_for, open_study, register_worker
+from lsearch.search.checkpoints import Checkpoints, RetryOrDiscardCheckpoint, open_artifact_store
+from lsearch.search.liveness import StaleTrialSweeper
+from lsearch.search.loop import Liveness, liveness_for
+from lsearch.search.study import open_study, register_worker
 from lsearch.spec import StudySpec, load_spec
-from lsearch.storage import MAX_RETRY_DELAY_S, open_storage
+from lsearch.store.catalog import SPEC_ATTR
+from lsearch.store.storage import MAX_RETRY_DELAY_S, open_storage
+from lsearch.training.data import ImagePool, load_pool
+from lsearch.training.devices import CoreShare, describe_device, resolve_device, set_determinism
+from lsearch.training.models import build_model, layer_group_count
 
-log = logging.getLogger("lsearch.launch")
+log = logging.getLogger("lsearch.search.launch")
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def open_checkpoints(spec: StudySpec) -> Checkpoints | None:
     return Checkpoints(store, keep_final=spec.checkpoint.keep_final)
 
 
-def prepare(
+def prepare_search(
     study_file: str,
     overrides: list[str],
     storage_url: str,

@@ -1,0 +1,1 @@
+"""Paired statistics over seeds and the verdicts they give, as plain data."""

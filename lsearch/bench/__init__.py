@@ -1,0 +1,1 @@
+"""Measuring lsearch: speed against the usual way, pruned against unpruned searches."""

@@ -1,0 +1,1 @@
+"""Comparisons of configurations over shared seeds, on the held-out test set."""

@@ -1,0 +1,1 @@
+"""Storages and the catalog of what lsearch writes into them."""
