@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from lsearch.bench.speed import SearchRun, bench, mean_epochs, summarise_search, synthetic_pool
+from lsearch.bench.speed import SearchRun, mean_epochs, measure_speed, summarise_search, synthetic_pool
 from lsearch.spec import StudySpec, load_spec
 from lsearch.training.data import load_pool, split_for_seed
 from lsearch.training.models import build_model
@@ -187,7 +187,7 @@ def test_the_gpu_feature_budget_is_a_quarter_of_the_free_memory(monkeypatch) -> 
 
 def test_bench_times_lsearch_and_the_usual_way_on_the_cpu() -> None:
     spec = tiny_spec()
-    result = bench(spec, CPU, epochs=1, synthetic=False, baseline=True)
+    result = measure_speed(spec, CPU, epochs=1, synthetic=False, baseline=True)
     assert result.baseline is not None and result.speedup is not None and result.speedup > 0
     assert result.train_images == 150 and result.eval_images == 150
     out = result.to_json(len(spec.seeds), mean_epochs(spec))
