@@ -11,7 +11,13 @@ import sys
 import pytest
 import torch
 
-from lsearch.bench.speed import SearchRun, mean_epochs, measure_speed, summarise_search, synthetic_pool
+from lsearch.bench.speed import (
+    SearchRun,
+    mean_epochs,
+    measure_speed,
+    summarise_search,
+    synthetic_pool,
+)
 from lsearch.spec import StudySpec, load_spec
 from lsearch.training.data import load_pool, split_for_seed
 from lsearch.training.models import build_model
