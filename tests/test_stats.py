@@ -627,7 +627,8 @@ def test_two_by_two_one_seed_and_bad_input() -> None:
 
 def test_imports_neither_torch_nor_optuna() -> None:
     code = (
-        "import sys, lsearch.analysis.stats; "
+        "import sys, lsearch.analysis.stats, lsearch.analysis.summary, lsearch.analysis.paired, "
+        "lsearch.analysis.design; "
         "print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))"
     )
     out = subprocess.run(
