@@ -21,7 +21,7 @@ from scipy import stats as st
 
 from lsearch.analysis import stats
 from lsearch.analysis.verdict import analyse, describe, show, show_interval, to_markdown
-from lsearch.comparison.compare import (
+from lsearch.comparison import (
     ADVISED_SEEDS,
     ALL_METRICS,
     DEFAULT_METRICS,
@@ -215,7 +215,7 @@ def _key(epsilon: float, epochs: int, seed: int, lr: float = 3e-4, layers: int =
 
 
 def _found(trial: int = 0, epochs: int = 60) -> Any:
-    from lsearch.comparison.compare import Found
+    from lsearch.comparison import Found
 
     return Found({"test_acc": 0.5}, trial, epochs)
 
@@ -841,7 +841,7 @@ def _request(grid: dict[str, list[Any]], seeds: list[int], metrics: list[str]) -
 
 
 def test_report_from_a_study_renders() -> None:
-    """`compare.summarise` on an in-memory comparison study: its dict feeds `to_markdown`."""
+    """`comparison.summarise` on an in-memory comparison study: its dict feeds `to_markdown`."""
     grid = {"label_smoothing": [0.0, 0.1], "epochs": [20, 60]}
     seeds = [0, 1, 2, 3, 4]
     request = _request(grid, seeds, ["test_acc", "test_ece"])

@@ -19,7 +19,7 @@ import torch
 from optuna.trial import TrialState
 
 from lsearch import interrupts
-from lsearch.comparison.compare import Plan, SeedRunObjective, _failed_keys, run_plans
+from lsearch.comparison import Plan, SeedRunObjective, failed_keys, run_plans
 from lsearch.errors import UserError
 from lsearch.search.loop import MAX_REASON_CHARS, StopOnRepeatedFailure, failure_reason, run_one
 from lsearch.search.objective import TrialConfig
@@ -312,6 +312,6 @@ def test_a_comparison_retries_an_out_of_memory_seed_run_once() -> None:
     assert by_seed[1] == [TrialState.FAIL, TrialState.COMPLETE]
     assert by_seed[2] == [TrialState.FAIL] and by_seed[3] == [TrialState.COMPLETE]
     # What a rerun (and the report) sees as failed for good, with its reason.
-    failed = {key[-1]: reason for key, reason in _failed_keys(study.trials).items()}
+    failed = {key[-1]: reason for key, reason in failed_keys(study.trials).items()}
     assert set(failed) == {0, 2}
     assert "2.00 GiB" in failed[0] and failed[2] == "ValueError: poison"

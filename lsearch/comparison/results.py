@@ -1,0 +1,226 @@
+"""A comparison's results: every number recomputed from the per-seed results in its study,
+the record of how often a search's configurations met the test set, and finding the
+comparisons of a search (with the request each was last trained for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from lsearch.comparison.plan import Cell, Found, Key, collect, failed_keys, key_of
+from lsearch.comparison.request import COMPARISON_KIND, DEFAULT_METRICS, Request
+from lsearch.errors import UserError
+from lsearch.search.objective import TrialConfig
+from lsearch.spec import StudySpec
+from lsearch.store.catalog import (
+    BASE_ATTR,
+    FINISHED,
+    GRID_ATTR,
+    KIND_ATTR,
+    METRICS_ATTR,
+    SEARCH_STUDY_ATTR,
+    SEEDS_ATTR,
+    SPEC_ATTR,
+    TEST_COUNT_ATTR,
+)
+from lsearch.training.evaluation import pooled_reliability
+
+
+def _study_names(storage: optuna.storages.BaseStorage) -> set[str]:
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    return {s.study_name for s in summaries}
+
+
+def existing_comparison(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
+    """The comparison study `name`, or None when the storage has none of that name."""
+    if name not in _study_names(storage):
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def seconds_per_seed_epoch(url: str, request: Request) -> float | None:
+    """Measured training time per seed and epoch in the comparison and its search, read
+    without creating anything (None when nothing has been timed)."""
+    from lsearch.store.storage import open_storage
+
+    try:
+        storage = open_storage(url, must_exist=True)
+    except UserError:
+        return None
+    seconds, epochs = 0.0, 0
+    known = _study_names(storage)
+    for name in (request.name, request.search_study):
+        if name not in known:
+            continue
+        study = optuna.load_study(study_name=name, storage=storage)
+        for trial in study.get_trials(deepcopy=False, states=FINISHED):
+            attrs = trial.user_attrs
+            if "train_seconds" in attrs and attrs.get("epochs_trained"):
+                seconds += attrs["train_seconds"]
+                epochs += attrs["epochs_trained"] * len(attrs.get("seeds", [0]))
+    return seconds / epochs if epochs else None
+
+
+class _CellReader:
+    """Reads each cell's per-seed results out of the found results, noting every seed left
+    out and why."""
+
+    def __init__(self, request: Request, found: dict[Key, Found], failed: dict[Key, str]):
+        self.request = request
+        self.found = found
+        self.failed = failed
+        self.notes = list(request.notes)
+        self.seen_metrics: set[str] = set()
+
+    def _result(self, cell: Cell, seed: int) -> Found | None:
+        """The seed's result in the cell, or None (with a note) when it is left out."""
+        key = key_of(cell.config, seed)
+        if key in self.failed:
+            self.notes.append(f"{cell.label}, seed {seed}: failed ({self.failed[key]}); left out")
+            return None
+        hit = self.found.get(key)
+        if hit is None:
+            self.notes.append(f"{cell.label}, seed {seed}: not trained yet; left out")
+            return None
+        self.seen_metrics |= set(hit.results)
+        lacking = [metric for metric in self.request.metrics if metric not in hit.results]
+        if lacking:
+            self.notes.append(
+                f"{cell.label}, seed {seed}: trial {hit.trial} has no {', '.join(lacking)} "
+                "(recorded by an older lsearch); left out"
+            )
+            return None
+        return hit
+
+    def cell(self, cell: Cell) -> dict[str, Any]:
+        """One cell's summary: its configuration, trials, per-seed metrics and reliability."""
+        per_seed: dict[int, dict[str, float]] = {}
+        reliability: dict[str, list[dict[str, Any]]] = {"": [], "_ts": []}
+        trial_numbers, read_from = set(), set()
+        for seed in self.request.seeds:
+            hit = self._result(cell, seed)
+            if hit is None:
+                continue
+            per_seed[seed] = {metric: hit.results[metric] for metric in self.request.metrics}
+            for when in ("", "_ts"):
+                reliability[when].extend(hit.results.get(f"test_reliability{when}_per_seed") or [])
+            trial_numbers.add(hit.trial)
+            if hit.trained_epochs != cell.config.epochs:
+                read_from.add(hit.trained_epochs)
+        if read_from:
+            self.notes.append(
+                f"{cell.label}: read from the first {cell.config.epochs} epochs of the "
+                f"{'/'.join(map(str, sorted(read_from)))}-epoch runs (exact under the constant "
+                "learning rate: a shorter run is the start of a longer one)"
+            )
+        both = reliability[""] and reliability["_ts"]
+        return {
+            "label": cell.label,
+            "config": asdict(cell.config),
+            "levels": cell.levels,
+            "trials": sorted(trial_numbers),
+            "per_seed": per_seed,
+            # Test reliability bins pooled over the cell's seeds, before and after
+            # temperature scaling (for reliability diagrams).
+            "reliability": {
+                "before": pooled_reliability(reliability[""]),
+                "after": pooled_reliability(reliability["_ts"]),
+            }
+            if both
+            else None,
+        }
+
+
+def summarise(request: Request, study: optuna.Study | None) -> dict[str, Any]:
+    """Every number of the comparison, recomputed from the per-seed results in the study."""
+    from lsearch.analysis.verdict import analyse
+
+    trials = [] if study is None else study.get_trials(deepcopy=False)
+    reader = _CellReader(request, collect(trials, request.constant_schedule), failed_keys(trials))
+    cells = [reader.cell(cell) for cell in request.cells]
+    seen = reader.seen_metrics
+    absent = [m for m in request.metrics if seen and m not in seen]
+    if absent:
+        raise UserError(
+            f"--metric {absent[0]}: no cell of '{request.name}' has it (its runs were recorded "
+            "without it); leave it out or train the cells again under a new --name"
+        )
+    analysis = analyse(cells, request.grid, request.metrics)
+    return {
+        "study": request.name,
+        "search_study": request.search_study,
+        "grid": request.grid,
+        "base": asdict(request.base),
+        "seeds": request.seeds,
+        "metrics": request.metrics,
+        "select_epoch": request.spec.objective.select_epoch,
+        "notes": reader.notes,
+        **analysis,
+    }
+
+
+def _is_comparison_of(attrs: dict[str, Any], search_study: str) -> bool:
+    return attrs.get(KIND_ATTR) == COMPARISON_KIND and attrs.get(SEARCH_STUDY_ATTR) == search_study
+
+
+def record_test_use(
+    storage: optuna.storages.BaseStorage, request: Request, study: optuna.Study
+) -> int:
+    """Count the configurations evaluated on the test set for this search, over all its
+    comparisons, and store the count on the comparison and the search (when it exists),
+    with the request on the comparison."""
+    configs = set()
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if not _is_comparison_of(summary.user_attrs, request.search_study):
+            continue
+        other = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for trial in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            config = trial.user_attrs.get("config")
+            if config is not None:
+                for count in trial.user_attrs.get("held_out", {}):
+                    configs.add(key_of({**config, "epochs": int(count)}, 0)[:4])
+    study.set_user_attr(TEST_COUNT_ATTR, len(configs))
+    study.set_user_attr(GRID_ATTR, request.grid)
+    study.set_user_attr(BASE_ATTR, asdict(request.base))
+    study.set_user_attr(SEEDS_ATTR, request.seeds)
+    study.set_user_attr(METRICS_ATTR, request.metrics)
+    with contextlib.suppress(KeyError):
+        search = optuna.load_study(study_name=request.search_study, storage=storage)
+        search.set_user_attr(TEST_COUNT_ATTR, len(configs))
+    return len(configs)
+
+
+def request_from_study(study: optuna.Study) -> Request | None:
+    """The last request a comparison study was trained for, from its user attrs (None for a
+    comparison whose run never finished recording them)."""
+    attrs = study.user_attrs
+    if attrs.get(KIND_ATTR) != COMPARISON_KIND or SEEDS_ATTR not in attrs:
+        return None
+    return Request(
+        spec=StudySpec.model_validate(attrs[SPEC_ATTR]),
+        grid=attrs[GRID_ATTR],
+        base=TrialConfig(**attrs[BASE_ATTR]),
+        seeds=list(attrs[SEEDS_ATTR]),
+        metrics=list(attrs.get(METRICS_ATTR, DEFAULT_METRICS)),
+        search_study=attrs[SEARCH_STUDY_ATTR],
+        name=study.study_name,
+    )
+
+
+def linked_comparisons(
+    storage: optuna.storages.BaseStorage, search_study: str
+) -> list[tuple[optuna.Study, Request]]:
+    """The comparison studies of a search, with their last requests, in name order."""
+    found = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if _is_comparison_of(summary.user_attrs, search_study):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            request = request_from_study(study)
+            if request is not None:
+                found.append((study, request))
+    return sorted(found, key=lambda pair: pair[0].study_name)

@@ -1,0 +1,235 @@
+"""Training a comparison: its study (created or checked, with its metadata), the objective of
+one seed-run, and the one trial loop (`search.loop.run_trials`) with a comparison's schedule.
+
+One seed-run is one trial of the comparison study, whose params are the configuration and
+the seed: results are keyed by them, so a rerun trains only what is missing, more seeds
+train only the new ones, and several workers (or machines) share the grid with the same
+crash recovery as a search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from lsearch.comparison.plan import Key, Plan, failed_keys, key_of, pending_plans
+from lsearch.comparison.request import COMPARISON_KIND, Request
+from lsearch.errors import UserError
+from lsearch.search.loop import Liveness, Step, run_trials
+from lsearch.search.objective import SearchObjective, TrialConfig
+from lsearch.search.study import produced_by
+from lsearch.spec import StudySpec
+from lsearch.store.catalog import (
+    FAIL_REASON_ATTR,
+    FINGERPRINT_ATTR,
+    KIND_ATTR,
+    PRODUCED_BY_ATTR,
+    SEARCH_STUDY_ATTR,
+    SPEC_ATTR,
+)
+from lsearch.training.data import ImagePool, TestSet
+from lsearch.training.devices import CoreShare
+from lsearch.training.seed_run import NonFiniteLossError
+
+
+def open_comparison(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    spec: StudySpec,
+    search_study: str | None,
+    device: str,
+) -> optuna.Study:
+    """Create or load a comparison study; refuse one made from a spec that trains differently."""
+    existing = {
+        s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    }
+    if name in existing:
+        attrs = existing[name].user_attrs
+        if attrs.get(KIND_ATTR) != COMPARISON_KIND:
+            raise UserError(
+                f"study '{name}' in this storage is a search, not a comparison; pass --name"
+            )
+        stored = attrs.get(SPEC_ATTR)
+        if stored is not None and not spec.same_trials_as(stored, comparison=True):
+            raise UserError(
+                f"comparison '{name}' in this storage was trained from a different study file or "
+                "--set values; use the same ones to extend it, or pass --name for a new one"
+            )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),  # never samples: every param is fixed
+        load_if_exists=True,
+    )
+    if SPEC_ATTR not in study.user_attrs:
+        study.set_user_attr(KIND_ATTR, COMPARISON_KIND)
+        study.set_user_attr(SEARCH_STUDY_ATTR, search_study)
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
+        study.set_user_attr(PRODUCED_BY_ATTR, {**produced_by(), "device": device})
+    return study
+
+
+class NothingLeft(Exception):
+    """Every seed-run of the plan is taken: another worker started the last one first."""
+
+
+def _started_key(trial: FrozenTrial) -> Key | None:
+    """The seed-run a trial chose, from its params (None before it chose one)."""
+    if "seed" not in trial.params:
+        return None
+    return key_of(trial.params, int(trial.params["seed"]))
+
+
+class SeedRunObjective:
+    """The objective of a comparison trial: it claims a pending seed-run that no other
+    worker has started and trains it, with test metrics. A retried trial (its worker died)
+    arrives with its params and resumes its checkpoint."""
+
+    def __init__(
+        self,
+        objective: SearchObjective,
+        test_set: TestSet,
+        plans: Sequence[Plan],
+        worker_index: int,
+    ) -> None:
+        self.objective = objective
+        self.test_set = test_set
+        self.plans = list(plans)
+        self.worker_index = worker_index
+
+    @property
+    def device(self) -> torch.device:
+        """The device the seed-runs train on (named in an out-of-memory fail_reason)."""
+        return self.objective.device
+
+    def next_plan(self, study: optuna.Study, own_number: int) -> Plan:
+        """A seed-run of the plan that is not complete, failed for a reason, or started by
+        another trial; NothingLeft when every one is."""
+        trials = study.get_trials(deepcopy=False)
+        taken = set(failed_keys(trials))  # failed for a reason: not trained again
+        for trial in trials:
+            busy = trial.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
+            key = _started_key(trial)
+            if trial.number != own_number and busy and key is not None:
+                taken.add(key)
+        free = [plan for plan in self.plans if plan.key not in taken]
+        if not free:
+            raise NothingLeft("another worker started the last seed-run first; nothing trained")
+        # Workers start at different places in the list, so that they rarely pick the same.
+        return free[self.worker_index % len(free)]
+
+    def _plan(self, trial: optuna.Trial) -> Plan:
+        if trial.params:  # a retry of a trial whose worker died
+            params = trial.params
+            config = TrialConfig(
+                float(params["label_smoothing"]), int(params["epochs"]), float(params["lr"]),
+                int(params["trainable_layers"]),
+            )  # fmt: skip
+            return Plan(config, int(params["seed"]), tuple(trial.user_attrs.get("test_at", ())))
+        try:
+            return self.next_plan(trial.study, trial.number)
+        except NothingLeft as exc:
+            trial.set_user_attr(FAIL_REASON_ATTR, str(exc))
+            raise
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        plan = self._plan(trial)
+        c = plan.config
+        # Single-value distributions: the trial takes exactly these values, and the
+        # dashboard shows them as params (ranges wide enough for any comparison).
+        trial.suggest_float("label_smoothing", c.label_smoothing, c.label_smoothing)
+        trial.suggest_int("epochs", c.epochs, c.epochs)
+        trial.suggest_float("lr", c.lr, c.lr, log=True)
+        trial.suggest_int("trainable_layers", c.trainable_layers, c.trainable_layers)
+        trial.suggest_int("seed", plan.seed, plan.seed)
+        trial.set_user_attr("test_at", list(plan.test_at))
+        attrs = self.objective.train(
+            trial, c, [plan.seed], prunes=False, test_set=self.test_set, test_at=plan.test_at
+        )
+        return float(attrs["test_acc"])
+
+
+class SeedRunsLeft:
+    """A comparison's schedule: trials until every planned seed-run is complete or failed
+    for a reason (a NaN loss or an exception, not retried; out of device memory, retried
+    once: see plan.failed_keys). Retries of dead workers' trials go first; a worker with
+    nothing to start waits while others' runs of the plan are RUNNING."""
+
+    catch = (NonFiniteLossError, NothingLeft)
+
+    def __init__(self, plans: Sequence[Plan]) -> None:
+        self.keys = {plan.key for plan in plans}
+
+    def next_step(self, trials: Sequence[FrozenTrial]) -> Step:
+        """TRIAL while a retry waits or a seed-run is unstarted; WAIT while others run the
+        last ones; STOP when every one is settled."""
+        settled: set[Key] = set(failed_keys(trials))  # complete, or failed for a reason
+        started: set[Key] = set()  # running or waiting
+        for trial in trials:
+            key = _started_key(trial)
+            if key is None:
+                continue
+            if trial.state == TrialState.COMPLETE:
+                settled.add(key)
+            elif trial.state in (TrialState.RUNNING, TrialState.WAITING):
+                started.add(key)
+        if any(t.state == TrialState.WAITING for t in trials) or self.keys - settled - started:
+            return Step.TRIAL
+        return Step.WAIT if self.keys & started - settled else Step.STOP
+
+    def done_after(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Nothing ends a comparison early: next_step decides."""
+        return False
+
+
+def run_plans(
+    study: optuna.Study,
+    objective: SeedRunObjective,
+    liveness: Liveness | None,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    on_wait: Callable[[optuna.Study], None] | None = None,
+    poll_seconds: float = 2.0,
+) -> None:
+    """Train the objective's planned seed-runs in the one trial loop (`run_trials`) until
+    every one is settled (see SeedRunsLeft). With heartbeats, a worker with nothing to start
+    waits while others' runs are RUNNING, since a dead worker's run comes back as a retry;
+    without them (gRPC proxy) it leaves."""
+    schedule = SeedRunsLeft(objective.plans)
+    run_trials(study, objective, schedule, callbacks, liveness, poll_seconds, on_wait)
+
+
+def train_pending(
+    request: Request,
+    study: optuna.Study,
+    data: tuple[ImagePool, TestSet],
+    device: torch.device,
+    liveness: Liveness | None,
+    worker_index: int,
+    progress: Any,
+    cores: CoreShare | None = None,
+) -> None:
+    """Train this worker's share of the pending seed-runs (with any others, through the
+    storage) until none is left to start or running."""
+    from lsearch.search.launch import open_checkpoints
+
+    plans = pending_plans(request, study)
+    if not plans:
+        return
+    pool, test_set = data
+    objective = SearchObjective(
+        request.spec, pool, device, on_epoch=progress.on_epoch,
+        checkpoints=open_checkpoints(request.spec), cores=cores,
+    )  # fmt: skip
+    run_plans(
+        study,
+        SeedRunObjective(objective, test_set, plans, worker_index),
+        liveness,
+        callbacks=[progress.on_trial],
+        on_wait=progress.poll,
+    )
