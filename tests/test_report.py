@@ -172,3 +172,36 @@ def test_a_multi_objective_study_gets_its_pareto_front(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "pareto.html").read_text()
     assert 'id="lsearch-pareto-front"' in text and "Pareto-optimal trial" in text
+
+
+def test_publish_does_not_summarise_a_comparison_again(
+    reported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A comparison whose summary the caller passes (`lsearch compare` just computed it) is
+    not summarised again: its stored note and the verdicts come from what was given; the
+    search's other comparisons are still summarised from their trials."""
+    from lsearch.comparison import compare
+    from lsearch.outputs import html_report
+
+    shutil.copy(reported / "lsearch.db", tmp_path / "lsearch.db")
+    url = f"sqlite:///{tmp_path / 'lsearch.db'}"
+    storage = optuna.storages.RDBStorage(url)
+    results = {s.study_name: r for s, r in html_report.comparison_results(storage, "digits")}
+    name = "digits compare label_smoothing=0,0.2 trainable_layers=3,4 from-best"
+    assert name in results and len(results) >= 2  # the comparison and the evaluation
+    marker = "MARKER: the summary the caller gave"
+    calls: list[str] = []
+    real = compare.summarise
+
+    def counted(request: object, study: optuna.Study) -> dict:
+        calls.append(study.study_name)
+        return real(request, study)
+
+    monkeypatch.setattr(compare, "summarise", counted)
+    _, verdicts = html_report.publish(
+        storage, "digits", summaries={name: {**results[name], "verdicts": [marker]}}
+    )
+    assert name not in calls and sorted(calls) == sorted(set(results) - {name})
+    assert marker in verdicts
+    assert marker in get_note_from_system_attrs(system_attrs(url, name), None)["body"]
+    assert marker in get_note_from_system_attrs(system_attrs(url, "digits"), None)["body"]
