@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lsearch.bench.speed import bench_data
+from lsearch.bench.workload import bench_data
 from lsearch.spec import load_spec
 from lsearch.training.data import split_for_seed
 from lsearch.training.models import build_model

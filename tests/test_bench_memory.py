@@ -13,7 +13,12 @@ import warnings
 import pytest
 import torch
 
-from lsearch.bench import speed as benchmark
+from lsearch.bench.baseline import (
+    baseline_datasets,
+    baseline_loader_options,
+    baseline_precision,
+)
+from lsearch.bench.memory import read_trial_memory
 from lsearch.bench.speed import mean_epochs, measure_speed
 from lsearch.spec import StudySpec
 from lsearch.training import devices
@@ -104,7 +109,7 @@ def test_cuda_trial_memory_puts_each_reading_in_its_named_field(monkeypatch) -> 
     cache.get((0, 2))
     cache.get((1, 2))
 
-    memory = benchmark.read_trial_memory(CUDA, seeds=3, cache=cache)
+    memory = read_trial_memory(CUDA, seeds=3, cache=cache)
 
     assert memory.seeds == 3
     assert memory.peak_allocated_mb == 300
@@ -126,13 +131,13 @@ def test_cuda_trial_memory_puts_each_reading_in_its_named_field(monkeypatch) -> 
 def test_baseline_loader_uses_worker_processes_and_pinned_memory_on_cuda_only(
     monkeypatch,
 ) -> None:
-    assert benchmark.baseline_loader_options(CPU) == {"num_workers": 0, "pin_memory": False}
+    assert baseline_loader_options(CPU) == {"num_workers": 0, "pin_memory": False}
     cores = len(os.sched_getaffinity(0))
-    assert benchmark.baseline_loader_options(CUDA) == {
+    assert baseline_loader_options(CUDA) == {
         "num_workers": min(8, cores), "persistent_workers": True, "pin_memory": True,
     }  # fmt: skip
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
-    assert benchmark.baseline_loader_options(CUDA)["num_workers"] == 8
+    assert baseline_loader_options(CUDA)["num_workers"] == 8
 
 
 @pytest.fixture
@@ -147,7 +152,7 @@ def test_baseline_autocasts_as_lsearch_does_on_cuda(monkeypatch, fresh_precision
     spec = tiny_spec()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    precision, scaler = benchmark.baseline_precision(spec, CUDA)
+    precision, scaler = baseline_precision(spec, CUDA)
     assert precision.dtype == torch.bfloat16 and scaler is None
     assert precision == devices.autocast_precision(CUDA, spec.train.precision)
 
@@ -155,13 +160,13 @@ def test_baseline_autocasts_as_lsearch_does_on_cuda(monkeypatch, fresh_precision
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # GradScaler warns here: this machine has no CUDA
-        precision, scaler = benchmark.baseline_precision(spec, CUDA)
+        precision, scaler = baseline_precision(spec, CUDA)
     assert precision.dtype == torch.float16
     assert isinstance(scaler, torch.amp.GradScaler)
 
 
 def test_baseline_trains_in_float32_on_the_cpu(fresh_precision) -> None:
-    precision, scaler = benchmark.baseline_precision(tiny_spec(), CPU)
+    precision, scaler = baseline_precision(tiny_spec(), CPU)
     assert precision.dtype is None and scaler is None
 
 
@@ -171,7 +176,7 @@ def test_baseline_datasets_survive_pickling_for_worker_processes() -> None:
     pool = load_pool(spec.data, CPU)
     split = split_for_seed(pool, spec.data, 0)
     net = build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
-    for dataset in benchmark.baseline_datasets(spec, pool, split, net.in_channels):
+    for dataset in baseline_datasets(spec, pool, split, net.in_channels):
         copy = pickle.loads(pickle.dumps(dataset))
         image, label = copy[0]
         assert label == dataset[0][1]

@@ -11,13 +11,9 @@ import sys
 import pytest
 import torch
 
-from lsearch.bench.speed import (
-    SearchRun,
-    mean_epochs,
-    measure_speed,
-    summarise_search,
-    synthetic_pool,
-)
+from lsearch.bench.search_runs import SearchRun, summarise_search
+from lsearch.bench.speed import mean_epochs, measure_speed
+from lsearch.bench.workload import synthetic_pool
 from lsearch.spec import StudySpec, load_spec
 from lsearch.training.data import load_pool, split_for_seed
 from lsearch.training.models import build_model
@@ -396,7 +392,7 @@ def test_a_search_s_test_value_is_its_best_configuration_trained_on_the_new_seed
     measured on the test set: the same number as training it so by hand."""
     import optuna
 
-    from lsearch.bench.speed import run_search
+    from lsearch.bench.search_runs import run_search
     from lsearch.search.objective import SearchObjective, TrialConfig
     from lsearch.training.data import load_test_set
 

@@ -1,0 +1,76 @@
+"""What `lsearch bench` trains on: the study's data (or random images of its shape, offline)
+and the model as a trial builds it for a seed.
+
+Nothing here touches a storage: Optuna and SQLAlchemy are not imported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lsearch.errors import UserError
+from lsearch.spec import StudySpec
+from lsearch.training.data import ImagePool, load_pool
+from lsearch.training.models import LayeredModel, build_model
+from lsearch.training.seed_run import seed_everything
+
+# Shapes of the datasets lsearch knows: channels, side, classes.
+SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10)}
+
+
+def synthetic_pool(spec: StudySpec, device: torch.device) -> ImagePool:
+    """Random uint8 images and balanced labels of the study's shape and counts."""
+    channels, side, classes = SHAPES[spec.data.dataset]
+    per_class = spec.data.train_per_class + spec.data.val_per_class
+    generator = np.random.default_rng(0)
+    images = generator.integers(0, 256, (per_class * classes, channels, side, side), np.uint8)
+    labels = np.repeat(np.arange(classes), per_class)
+    return ImagePool(
+        images=torch.from_numpy(images).to(device),
+        labels=torch.from_numpy(labels).to(device),
+        num_classes=classes,
+        mean=(0.5,) * channels,
+        std=(0.29,) * channels,
+    )
+
+
+def bench_data(
+    spec: StudySpec, device: torch.device, synthetic: bool
+) -> tuple[StudySpec, ImagePool, list[str]]:
+    """The pool to train on and the spec to build the model from, with notes on what was
+    substituted (random data; random weights where the study's cannot be had offline)."""
+    notes = []
+    if synthetic:
+        pool = synthetic_pool(spec, device)
+        notes.append(f"synthetic data: random images of {spec.data.dataset}'s shape")
+        if spec.model.weights != "none":
+            try:
+                build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
+            except UserError:
+                spec = spec.model_copy(
+                    update={"model": spec.model.model_copy(update={"weights": "none"})}
+                )
+                notes.append(
+                    "randomly initialised weights: the study's weights cannot be had here "
+                    "(the speed is the same)"
+                )
+    else:
+        pool = load_pool(spec.data, device)
+    return spec, pool, notes
+
+
+def trial_model(
+    spec: StudySpec, pool: ImagePool, trainable_layers: int, seed: int = 0
+) -> LayeredModel:
+    """The model as a trial builds it for `seed` (objective.SearchObjective.start)."""
+    seed_everything(seed)
+    net = build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=seed)
+    net.freeze(trainable_layers)
+    return net
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a no-op on the CPU), so a clock reads it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
