@@ -16,8 +16,9 @@ from optuna.trial import TrialState
 from lsearch.errors import UserError
 from lsearch.search import objective as objective_module
 from lsearch.search.loop import run_until
-from lsearch.search.objective import SearchObjective, TrialConfig, TrialProgress
+from lsearch.search.objective import SearchObjective, TrialConfig
 from lsearch.search.study import build_pruner, build_sampler
+from lsearch.search.trial_progress import TrialProgress
 from lsearch.spec import StudySpec, load_spec
 from lsearch.training import data as data_module
 from lsearch.training import evaluation

@@ -24,7 +24,6 @@ from lsearch.comparison.plan import (
 from lsearch.comparison.request import (
     ADVISED_SEEDS,
     ALL_METRICS,
-    COMPARISON_KIND,
     DEFAULT_METRICS,
     FEWEST_SEEDS,
     Request,
@@ -56,7 +55,6 @@ from lsearch.comparison.run import (
 __all__ = [
     "ADVISED_SEEDS",
     "ALL_METRICS",
-    "COMPARISON_KIND",
     "DEFAULT_METRICS",
     "FEWEST_SEEDS",
     "OUT_OF_MEMORY_TRIES",

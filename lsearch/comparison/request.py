@@ -20,7 +20,7 @@ from lsearch.comparison.plan import Cell, build_cells, fresh_seeds
 from lsearch.errors import UserError
 from lsearch.search.objective import TrialConfig
 from lsearch.spec import SEARCH_PARAMS, StudySpec
-from lsearch.store.catalog import KIND_ATTR, SPEC_ATTR
+from lsearch.store.catalog import SPEC_ATTR, find_study, is_comparison, pick_study
 
 # The metrics a comparison reports by default, and every one it can report.
 DEFAULT_METRICS = ("val_acc", "val_ece", "test_acc", "test_ece", "test_ece_ts", "test_nll")
@@ -29,7 +29,6 @@ ALL_METRICS = (
 )  # fmt: skip
 FEWEST_SEEDS = 2
 ADVISED_SEEDS = 4
-COMPARISON_KIND = "comparison"  # the KIND_ATTR of a comparison study
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -166,11 +165,8 @@ def comparison_name(spec_name: str, grid: dict[str, list[float | int]], from_bes
 def _search_study(
     storage: optuna.storages.BaseStorage, name: str, spec: StudySpec | None
 ) -> optuna.Study:
-    summaries = {
-        s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    }
-    summary = summaries.get(name)
-    if summary is None or summary.user_attrs.get(KIND_ATTR) == COMPARISON_KIND:
+    summary = find_study(storage, name)
+    if summary is None or is_comparison(summary):
         raise UserError(
             f"no search study named '{name}' in this storage; run `lsearch run --study "
             f"{name}` first, or point --storage at the storage that holds it"
@@ -280,8 +276,6 @@ def evaluation_request(
     metrics: Sequence[str],
 ) -> Request:
     """One configuration of a search (its best trial by default) as a one-cell comparison."""
-    from lsearch.outputs.results import pick_study
-
     search = pick_study(storage, study_name, search_only=True)
     stored = search.user_attrs.get(SPEC_ATTR)
     if stored is None:

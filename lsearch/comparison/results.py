@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lsearch.comparison.plan import Cell, Found, Key, collect, failed_keys, key_of
-from lsearch.comparison.request import COMPARISON_KIND, DEFAULT_METRICS, Request
+from lsearch.comparison.request import DEFAULT_METRICS, Request
 from lsearch.errors import UserError
 from lsearch.search.objective import TrialConfig
 from lsearch.spec import StudySpec
@@ -21,24 +21,22 @@ from lsearch.store.catalog import (
     BASE_ATTR,
     FINISHED,
     GRID_ATTR,
-    KIND_ATTR,
     METRICS_ATTR,
     SEARCH_STUDY_ATTR,
     SEEDS_ATTR,
     SPEC_ATTR,
     TEST_COUNT_ATTR,
+    comparisons_of,
+    find_study,
+    is_comparison,
+    study_names,
 )
 from lsearch.training.evaluation import pooled_reliability
 
 
-def _study_names(storage: optuna.storages.BaseStorage) -> set[str]:
-    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
-    return {s.study_name for s in summaries}
-
-
 def existing_comparison(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
     """The comparison study `name`, or None when the storage has none of that name."""
-    if name not in _study_names(storage):
+    if find_study(storage, name) is None:
         return None
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -53,7 +51,7 @@ def seconds_per_seed_epoch(url: str, request: Request) -> float | None:
     except UserError:
         return None
     seconds, epochs = 0.0, 0
-    known = _study_names(storage)
+    known = set(study_names(storage))
     for name in (request.name, request.search_study):
         if name not in known:
             continue
@@ -164,10 +162,6 @@ def summarise(request: Request, study: optuna.Study | None) -> dict[str, Any]:
     }
 
 
-def _is_comparison_of(attrs: dict[str, Any], search_study: str) -> bool:
-    return attrs.get(KIND_ATTR) == COMPARISON_KIND and attrs.get(SEARCH_STUDY_ATTR) == search_study
-
-
 def record_test_use(
     storage: optuna.storages.BaseStorage, request: Request, study: optuna.Study
 ) -> int:
@@ -175,9 +169,7 @@ def record_test_use(
     comparisons, and store the count on the comparison and the search (when it exists),
     with the request on the comparison."""
     configs = set()
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if not _is_comparison_of(summary.user_attrs, request.search_study):
-            continue
+    for summary in comparisons_of(storage, request.search_study):
         other = optuna.load_study(study_name=summary.study_name, storage=storage)
         for trial in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             config = trial.user_attrs.get("config")
@@ -199,7 +191,7 @@ def request_from_study(study: optuna.Study) -> Request | None:
     """The last request a comparison study was trained for, from its user attrs (None for a
     comparison whose run never finished recording them)."""
     attrs = study.user_attrs
-    if attrs.get(KIND_ATTR) != COMPARISON_KIND or SEEDS_ATTR not in attrs:
+    if not is_comparison(study) or SEEDS_ATTR not in attrs:
         return None
     return Request(
         spec=StudySpec.model_validate(attrs[SPEC_ATTR]),
@@ -217,10 +209,9 @@ def linked_comparisons(
 ) -> list[tuple[optuna.Study, Request]]:
     """The comparison studies of a search, with their last requests, in name order."""
     found = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if _is_comparison_of(summary.user_attrs, search_study):
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            request = request_from_study(study)
-            if request is not None:
-                found.append((study, request))
-    return sorted(found, key=lambda pair: pair[0].study_name)
+    for summary in comparisons_of(storage, search_study):  # in name order
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        request = request_from_study(study)
+        if request is not None:
+            found.append((study, request))
+    return found

@@ -17,19 +17,22 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.comparison.plan import Key, Plan, failed_keys, key_of, pending_plans
-from lsearch.comparison.request import COMPARISON_KIND, Request
+from lsearch.comparison.request import Request
 from lsearch.errors import UserError
 from lsearch.search.loop import Liveness, Step, run_trials
 from lsearch.search.objective import SearchObjective, TrialConfig
 from lsearch.search.study import produced_by
 from lsearch.spec import StudySpec
 from lsearch.store.catalog import (
+    COMPARISON,
     FAIL_REASON_ATTR,
     FINGERPRINT_ATTR,
     KIND_ATTR,
     PRODUCED_BY_ATTR,
     SEARCH_STUDY_ATTR,
     SPEC_ATTR,
+    find_study,
+    is_comparison,
 )
 from lsearch.training.data import ImagePool, TestSet
 from lsearch.training.devices import CoreShare
@@ -44,12 +47,10 @@ def open_comparison(
     device: str,
 ) -> optuna.Study:
     """Create or load a comparison study; refuse one made from a spec that trains differently."""
-    existing = {
-        s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    }
-    if name in existing:
-        attrs = existing[name].user_attrs
-        if attrs.get(KIND_ATTR) != COMPARISON_KIND:
+    existing = find_study(storage, name)
+    if existing is not None:
+        attrs = existing.user_attrs
+        if not is_comparison(existing):
             raise UserError(
                 f"study '{name}' in this storage is a search, not a comparison; pass --name"
             )
@@ -67,7 +68,7 @@ def open_comparison(
         load_if_exists=True,
     )
     if SPEC_ATTR not in study.user_attrs:
-        study.set_user_attr(KIND_ATTR, COMPARISON_KIND)
+        study.set_user_attr(KIND_ATTR, COMPARISON)
         study.set_user_attr(SEARCH_STUDY_ATTR, search_study)
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
         study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())

@@ -24,24 +24,22 @@ replaces, so only the epoch in flight is trained twice.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
 
 from lsearch import interrupts
-from lsearch.search.checkpoints import CHECKPOINT_ATTR, Checkpoints, CheckpointWriter
+from lsearch.search.checkpoints import Checkpoints, CheckpointWriter
+from lsearch.search.resume import resume_trial
 from lsearch.search.study import check_new
-from lsearch.spec import Objective as ObjectiveSpec
+from lsearch.search.trial_progress import TrialProgress, mean_of
 from lsearch.spec import Param, Space, StudySpec
+from lsearch.store.catalog import FAIL_REASON_ATTR
 from lsearch.store.storage import is_transient
 from lsearch.training import metrics
 from lsearch.training.data import ImagePool, Split, TestSet, split_for_seed
@@ -49,7 +47,6 @@ from lsearch.training.devices import CoreShare, describe_device
 from lsearch.training.evaluation import TEST_METRICS, held_out_metrics
 from lsearch.training.models import build_model
 from lsearch.training.seed_run import (
-    EpochMetrics,
     FeatureCache,
     NonFiniteLossError,
     SeedRun,
@@ -57,6 +54,8 @@ from lsearch.training.seed_run import (
     snapshot,
     start_seed_run,
 )
+
+__all__ = ["EpochCallback", "SearchObjective", "TrialConfig", "TrialProgress", "suggest"]
 
 # Called after every epoch: (trial number, epoch, planned epochs, mean objective metric).
 EpochCallback = Callable[[int, int, int, float], None]
@@ -94,97 +93,6 @@ def suggest(trial: optuna.Trial, space: Space) -> TrialConfig:
             _suggest(trial, "trainable_layers", space.trainable_layers, True, False)
         ),
     )
-
-
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values)
-
-
-@dataclass
-class TrialProgress:
-    """Where a trial stands: per-seed curves, the best epoch so far (1-based) by mean
-    validation accuracy with its logits (and, when the test set will be evaluated, its
-    weights), and the held-out results already computed at intermediate epoch counts."""
-
-    history: list[list[EpochMetrics]]
-    best_acc: float = -1.0
-    best_epoch: int = 0
-    best_logits: list[torch.Tensor] = field(default_factory=list)
-    last_logits: list[torch.Tensor] = field(default_factory=list)
-    best_weights: list[dict[str, torch.Tensor]] = field(default_factory=list)
-    held_out: dict[int, dict[str, Any]] = field(default_factory=dict)  # epochs -> results
-
-    @property
-    def epochs_run(self) -> int:
-        return len(self.history[0])
-
-    def mean(self, metric: str, epoch: int) -> float:
-        return _mean([getattr(curve[epoch - 1], metric) for curve in self.history])
-
-    def best_epoch_up_to(self, epoch: int) -> int:
-        """The first epoch of highest mean validation accuracy among epochs 1..`epoch`."""
-        means = [self.mean("val_acc", e) for e in range(1, epoch + 1)]
-        return means.index(max(means)) + 1
-
-    def chosen_epoch(self, objective: ObjectiveSpec, epoch: int) -> int:
-        """The epoch whose metrics stand for a trial that has run `epoch` epochs: the best by
-        mean validation accuracy so far (for every objective, ECE included: the lowest-ECE
-        epoch is often an underfit one), or the last with `select_epoch = "final"`."""
-        if objective.select_epoch == "final":
-            return epoch
-        return self.best_epoch_up_to(epoch)
-
-    def reported(self, objective: ObjectiveSpec, epoch: int) -> float:
-        """The value the pruner sees after `epoch`: the objective metric's mean over seeds at
-        the chosen epoch so far, so a pruned trial's value (its last report) is its attrs'."""
-        metric = "val_ece" if objective.metric == "val_ece" else "val_acc"
-        return self.mean(metric, self.chosen_epoch(objective, epoch))
-
-    @classmethod
-    def from_curves(cls, attrs: dict[str, Any]) -> TrialProgress:
-        """The curves a finished trial recorded (`curve_*` attrs), as a TrialProgress."""
-        names = [metric.name for metric in fields(EpochMetrics)]
-        history = []
-        for seed in zip(*(attrs[f"curve_{name}"] for name in names), strict=True):
-            epochs = zip(*seed, strict=True)  # one value of each metric per epoch
-            history.append([EpochMetrics(**dict(zip(names, e, strict=True))) for e in epochs])
-        return cls(history)
-
-    def add_epoch(
-        self,
-        results: list[EpochMetrics],
-        logits: list[torch.Tensor],
-        weights: Callable[[], list[dict[str, torch.Tensor]]] | None = None,
-    ) -> None:
-        """Append an epoch; `weights` (called only on a new best) copies the models' weights."""
-        for curve, result in zip(self.history, results, strict=True):
-            curve.append(result)
-        self.last_logits = logits
-        mean_acc = self.mean("val_acc", self.epochs_run)
-        if mean_acc > self.best_acc:
-            self.best_acc, self.best_epoch, self.best_logits = mean_acc, self.epochs_run, logits
-            if weights is not None:
-                self.best_weights = weights()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": [[asdict(m) for m in curve] for curve in self.history],
-            "best_acc": self.best_acc,
-            "best_epoch": self.best_epoch,
-            "best_logits": self.best_logits,
-            "last_logits": self.last_logits,
-            "best_weights": self.best_weights,
-            "held_out": {str(k): v for k, v in self.held_out.items()},
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> TrialProgress:
-        history = [[EpochMetrics(**m) for m in curve] for curve in state["history"]]
-        return cls(
-            history, state["best_acc"], state["best_epoch"], state["best_logits"],
-            state["last_logits"], state.get("best_weights", []),
-            {int(k): v for k, v in state.get("held_out", {}).items()},
-        )  # fmt: skip
 
 
 class SearchObjective:
@@ -250,71 +158,8 @@ class SearchObjective:
     def resume(
         self, trial: optuna.Trial, config: TrialConfig, runs: list[SeedRun], prunes: bool
     ) -> TrialProgress | None:
-        """Restore a re-queued trial from the newest checkpoint of the trial it replaces.
-
-        A checkpoint that cannot be trusted (damaged, or not a state of these runs) is never
-        fatal: it is removed, the reason goes to the user attr `checkpoint_error`, `runs` are
-        rebuilt in place (a seed that loaded before a later one failed must not go on from
-        it) and the trial trains from the start (None)."""
-        from lsearch.errors import one_line
-        from lsearch.search.checkpoints import DamagedCheckpoint
-
-        pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
-        if self.checkpoints is None or not pointer:
-            return None
-        # A live Trial does not show its system attrs, where Optuna keeps the retry history.
-        running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        (frozen,) = [t for t in running if t.number == trial.number]
-        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-        if not history:
-            return None
-        try:
-            state = self.checkpoints.load(pointer, self.device)
-            if state is None:
-                return None
-            try:
-                progress = TrialProgress.from_state_dict(state["progress"])
-                moved = [
-                    run.load_state_dict(s, progress.epochs_run)
-                    for run, s in zip(runs, state["seeds"], strict=True)
-                ]
-            except (interrupts.Interrupted, torch.cuda.OutOfMemoryError):
-                raise  # not the checkpoint's fault
-            except Exception as exc:  # a missing key, a shape, another model or version
-                raise DamagedCheckpoint(f"it does not fit this trial ({one_line(exc)})") from exc
-        except DamagedCheckpoint as exc:
-            where = pointer.get("artifact_id") if isinstance(pointer, dict) else pointer
-            epoch = pointer.get("epoch") if isinstance(pointer, dict) else None
-            trial.set_user_attr(
-                "checkpoint_error",
-                f"checkpoint {where} (epoch {epoch}, trial {history[-1]}) was not used: {exc}; "
-                "trained from epoch 1",
-            )
-            inherited = ("resumed_from_trial", "resumed_from_epoch", "resumed_on_other_device")
-            for name in inherited:
-                if name in trial.user_attrs:  # from an earlier retry of this trial
-                    trial.set_user_attr(name, None)
-            trial.set_user_attr(CHECKPOINT_ATTR, None)
-            if isinstance(where, str):
-                self.checkpoints.discard(where)
-            runs[:] = [self.start(run.seed, config) for run in runs]
-            return None
-        trial.set_user_attr("resumed_from_trial", history[-1])
-        trial.set_user_attr("resumed_from_epoch", progress.epochs_run)
-        if any(moved):
-            # Same weights and optimizer state, new random streams (see SeedRun.load_state_dict).
-            saved_on = state["seeds"][0].get("device", "another kind of device")
-            trial.set_user_attr("resumed_on_other_device", f"{saved_on} -> {self.device.type}")
-        if prunes:
-            # Epochs the old trial checkpointed but died before reporting; the rest are
-            # carried over by Optuna's retry callback (and re-reporting them is a no-op).
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for epoch in range(1, progress.epochs_run + 1):
-                    trial.report(
-                        progress.reported(self.spec.objective, epoch), self.step(config, epoch)
-                    )
-        return progress
+        """Restore a re-queued trial from its checkpoint, or None (see search.resume)."""
+        return resume_trial(self, trial, config, runs, prunes)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         config = suggest(trial, self.spec.space)
@@ -410,7 +255,7 @@ class SearchObjective:
                 try:
                     loss = run.train_epoch()
                 except NonFiniteLossError as exc:
-                    trial.set_user_attr("fail_reason", f"{exc} at epoch {epoch}")
+                    trial.set_user_attr(FAIL_REASON_ATTR, f"{exc} at epoch {epoch}")
                     if self.checkpoints is not None and self._writer is not None:
                         self._writer.wait()
                         self.checkpoints.finish(trial, keep=False)
@@ -476,7 +321,7 @@ class SearchObjective:
         for name in TEST_METRICS:
             results[f"{name}_per_seed"] = [seed[name] for seed in per_seed]
         for name in ("val_acc", "val_ece", "val_nll", *TEST_METRICS):
-            results[name] = _mean(results[f"{name}_per_seed"])
+            results[name] = mean_of(results[f"{name}_per_seed"])
         results["test_reliability_per_seed"] = [seed["test_reliability"] for seed in per_seed]
         results["test_reliability_ts_per_seed"] = [seed["test_reliability_ts"] for seed in per_seed]
         return results
@@ -504,9 +349,9 @@ class SearchObjective:
             metrics.ece(lg / t, lb) for lg, lb, t in zip(logits, labels, temperatures, strict=True)
         ]
         attrs = {
-            "val_acc": _mean([m.val_acc for m in at_chosen]),
-            "val_ece": _mean([m.val_ece for m in at_chosen]),
-            "val_nll": _mean([m.val_loss for m in at_chosen]),
+            "val_acc": mean_of([m.val_acc for m in at_chosen]),
+            "val_ece": mean_of([m.val_ece for m in at_chosen]),
+            "val_nll": mean_of([m.val_loss for m in at_chosen]),
             "val_acc_per_seed": [m.val_acc for m in at_chosen],
             "val_ece_per_seed": [m.val_ece for m in at_chosen],
             "val_nll_per_seed": [m.val_loss for m in at_chosen],
