@@ -1,0 +1,241 @@
+"""Searches: run one (here or in worker processes), serve a storage to workers, and read
+the studies of a storage back (status, best trials)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lsearch.api.common import at_least, interrupt_message, positive, quiet_libraries, silent
+from lsearch.api.common import worker_args as worker_args
+from lsearch.api.results import BestTrials, StatusReport
+from lsearch.api.studyfile import Overrides, load_with_texts
+from lsearch.errors import UserError
+from lsearch.interrupts import Interrupted
+
+if TYPE_CHECKING:
+    import optuna
+    from rich.console import Console
+
+    from lsearch.search.launch import Prepared
+    from lsearch.spec import StudySpec
+
+
+def worker_number(storage: Any, study_name: str) -> int:
+    """This process's number among the workers of a comparison (the one call of
+    `register_worker`; 0 where workers need no number)."""
+    from lsearch.search.study import register_worker
+
+    return register_worker(storage, study_name)
+
+
+def open_search(
+    spec: StudySpec,
+    url: str,
+    device_name: str,
+    name: str | None = None,
+    trains: bool = True,
+    threads: int | None = None,
+) -> Prepared:
+    """Check every input a user can get wrong (device, model, weights, data), then open the
+    storage and the study. `trains=False` (a process that only starts and watches workers)
+    checks the device but claims no GPU and keeps the data off it."""
+    from lsearch.search.launch import Prepared, check_and_load, open_checkpoints, open_spec_storage
+    from lsearch.search.study import open_study
+    from lsearch.training.devices import describe_device
+
+    device, pool, cores = check_and_load(spec, device_name, trains, threads)
+    checkpoints = open_checkpoints(spec)
+    storage, liveness = open_spec_storage(spec, url, checkpoints)
+    study = open_study(spec, storage, name, device=describe_device(device))
+    return Prepared(spec, device, pool, cores, study, checkpoints, liveness)
+
+
+def run(
+    study: str = "digits",
+    overrides: Overrides = None,
+    *,
+    storage: str | None = None,
+    trials: int = 100,
+    timeout: float | None = None,
+    device: str = "auto",
+    name: str | None = None,
+    workers: int | None = None,
+    gpus: str | Sequence[str] | None = None,
+    threads: int | None = None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    artifacts: str | None = None,
+    console: Console | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> optuna.Study:
+    """Run (or continue) the search of a study file until its study holds ``trials``
+    finished (complete or pruned) trials, and return the ``optuna.Study``. What
+    ``lsearch run`` does: ``overrides`` are ``--set`` (a dict of dotted keys, or ``key=value``
+    texts), the other keywords its options; ``workers``/``gpus`` start worker processes on
+    this machine. Progress and notes go to ``console`` (a ``rich.console.Console``; none:
+    silent). A ``timeout`` that passes ends the run normally (what it did to the trial in
+    flight goes to ``notify``, default the console); a stop request (Ctrl-C, SIGTERM) raises
+    ``lsearch.Interrupted`` after handing the trial in flight back.
+
+    >>> import lsearch, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> tiny = {"space.epochs": {"low": 1, "high": 2}, "seeds": [0, 1],
+    ...         "data.train_per_class": 20, "data.val_per_class": 20}
+    >>> study = lsearch.run("digits", tiny, storage=f"sqlite:///{folder}/lsearch.db",
+    ...                     trials=2, device="cpu", artifacts=f"{folder}/artifacts")
+    >>> study.study_name, len(study.trials), sorted(study.best_trial.user_attrs["config"])
+    ('digits', 2, ['epochs', 'label_smoothing', 'lr', 'trainable_layers'])
+    """
+    from lsearch.store.storage import resolve_url
+    from lsearch.training.devices import parse_gpus, worker_device
+
+    at_least("--trials", trials, 1, "it is the study's total of finished trials")
+    positive("--timeout", timeout, "seconds")
+    gpu_list = parse_gpus(gpus if gpus is None or isinstance(gpus, str) else ",".join(gpus))
+    workers = len(gpu_list) or 1 if workers is None else workers
+    at_least("--workers", workers, 1)
+    at_least("--threads", threads, 1)
+    device = worker_device(device, gpu_list)
+    spec, texts = load_with_texts(study, overrides, {
+        "storage.heartbeat_interval": heartbeat_interval, "storage.grace_period": grace_period,
+        "checkpoint.location": artifacts,
+    })  # fmt: skip
+    quiet_libraries()
+    url = resolve_url(storage)
+    args = None
+    if workers > 1 or gpu_list:
+        args = worker_args(
+            "run", study=study, trials=trials, device=device, set=texts, timeout=timeout,
+            name=name, threads=threads, heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period, artifacts=artifacts,
+        )  # fmt: skip
+    prepared = open_search(spec, url, device, name, args is None, threads)
+    console = console or silent()
+    try:
+        _search(prepared, url, trials, timeout, (workers, gpu_list, args), console)
+    except Interrupted as exc:
+        if exc.reason != "timeout":
+            raise
+        (notify or (lambda line: console.print(line, highlight=False)))(
+            interrupt_message(exc, "the study")
+        )
+    return prepared.study
+
+
+def _search(
+    prepared: Prepared,
+    url: str,
+    trials: int,
+    timeout: float | None,
+    started: tuple[int, list[str], list[str] | None],
+    console: Console,
+) -> None:
+    """Announce the study, then run its trials here, or start the workers and watch them."""
+    from lsearch import interrupts
+    from lsearch.outputs.live import SearchProgress
+    from lsearch.search.loop import run_until
+    from lsearch.search.objective import SearchObjective
+    from lsearch.search.study import count_finished
+    from lsearch.search.workers import start_workers, wait_for
+    from lsearch.store.storage import mask_url
+
+    spec, found = prepared.spec, prepared.study
+    workers, gpu_list, args = started
+    done = count_finished(found)
+    console.print(
+        f"study [bold]{found.study_name}[/] in {mask_url(url)}: {done} of {trials} trials "
+        f"finished, {len(spec.seeds)} seeds each, on {prepared.device}"
+        + (f", {workers} workers" if args is not None else ""),
+        highlight=False,
+    )
+    if len(spec.objective.directions) > 1 and spec.pruner.type != "none":
+        console.print("note: Optuna cannot prune a multi-objective study; pruning is off")
+    with (
+        interrupts.handling_signals(),
+        SearchProgress(console, trials, done, spec.objective.metric) as progress,
+    ):
+        if args is not None:
+            codes = wait_for(
+                start_workers(workers, args, gpu_list, url, stagger_s=0.5),
+                lambda: progress.poll(found),
+            )
+            if interrupts.requested() in ("SIGINT", "SIGTERM"):
+                raise Interrupted(str(interrupts.requested()))
+            if any(codes):
+                console.print(f"worker exit codes: {codes}")
+            return
+        objective = SearchObjective(
+            spec, prepared.pool, prepared.device, on_epoch=progress.on_epoch,
+            checkpoints=prepared.checkpoints, cores=prepared.cores,
+        )  # fmt: skip
+        run_until(
+            found, objective, trials, timeout, callbacks=[progress.on_trial],
+            liveness=prepared.liveness, on_wait=progress.poll,
+        )  # fmt: skip
+
+
+def count_finished(study: optuna.Study) -> int:
+    """The study's finished (complete or pruned) trials: what ``trials`` counts."""
+    from lsearch.search.study import count_finished as count
+
+    return count(study)
+
+
+def serve_proxy(storage: str | None, host: str, port: int, console: Console | None = None) -> None:
+    """Serve a storage to many workers through Optuna's gRPC proxy (``lsearch proxy``), and
+    fail and re-queue the trials of workers that stopped beating, until Ctrl-C."""
+    import threading
+
+    from optuna.storages import run_grpc_proxy_server
+
+    from lsearch.search.launch import watch_stale_trials
+    from lsearch.store.storage import mask_url, open_storage, resolve_url
+
+    quiet_libraries()
+    url = resolve_url(storage)
+    if url.startswith("grpc://"):
+        raise UserError("lsearch proxy serves a database URL, not another proxy")
+    backend = open_storage(url)
+    (console or silent()).print(f"serving {mask_url(url)} on grpc://{host}:{port}", highlight=False)
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=watch_stale_trials, args=(backend, stop), name="lsearch-sweep", daemon=True
+    )
+    watcher.start()
+    try:
+        run_grpc_proxy_server(backend, host=host, port=port)
+    finally:
+        stop.set()
+
+
+def status(storage: str | None = None, study: str | None = None) -> StatusReport:
+    """The studies of a storage (all, or the one named) with their trial counts by state,
+    best value and kept checkpoints: what ``lsearch status`` prints.
+
+    >>> import lsearch, tempfile
+    >>> lsearch.status(f"sqlite:///{tempfile.mkdtemp()}/none.db")
+    Traceback (most recent call last):
+    lsearch.errors.UserError: no study database at ...
+    """
+    from lsearch.outputs.results import pick_study, study_rows
+    from lsearch.store.storage import mask_url, open_storage, resolve_url
+
+    quiet_libraries()
+    url = resolve_url(storage)
+    opened = open_storage(url, must_exist=True)
+    if study is not None:
+        pick_study(opened, study)  # a name that is not there is a user error
+    rows = [row for row in study_rows(opened) if study is None or row.name == study]
+    return StatusReport(mask_url(url), rows)
+
+
+def best(study: str | None = None, storage: str | None = None) -> BestTrials:
+    """The best trial of a search (the Pareto front if multi-objective), with its
+    parameters and metrics: what ``lsearch best`` prints; ``to_dict()`` is its ``--json``."""
+    from lsearch.outputs.results import best_trials, pick_study, trial_summary
+    from lsearch.store.storage import open_storage, resolve_url
+
+    quiet_libraries()
+    found = pick_study(open_storage(resolve_url(storage), must_exist=True), study)
+    return BestTrials(found.study_name, [trial_summary(t) for t in best_trials(found)])
