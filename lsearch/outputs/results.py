@@ -11,7 +11,21 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.errors import UserError
-from lsearch.store.catalog import STATES, WORKERS_STUDY
+from lsearch.store.catalog import (
+    CHECKPOINT_ATTR,
+    CHECKPOINT_WARNING_ATTR,
+    SEARCH,
+    SPEC_ATTR,
+    STATES,
+    study_kind,
+    user_studies,
+)
+
+# Finding studies is the catalog's job; these names stay importable from here.
+from lsearch.store.catalog import is_comparison as is_comparison
+from lsearch.store.catalog import pick_study as pick_study
+
+lsearch_studies = user_studies  # the studies of a storage, less 0.1.0's registry of workers
 
 
 @dataclass(frozen=True)
@@ -36,9 +50,9 @@ def checkpoint_space(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[in
     pointers = {
         pointer["artifact_id"]: t.state
         for t in trials
-        if isinstance(pointer := t.user_attrs.get("checkpoint"), dict)
+        if isinstance(pointer := t.user_attrs.get(CHECKPOINT_ATTR), dict)
     }
-    location = study.user_attrs.get("lsearch_spec", {}).get("checkpoint", {}).get("location")
+    location = study.user_attrs.get(SPEC_ATTR, {}).get("checkpoint", {}).get("location")
     if not location or "://" in location:
         unfinished = (TrialState.RUNNING, TrialState.WAITING)
         return sum(state in unfinished for state in pointers.values()), None
@@ -48,69 +62,27 @@ def checkpoint_space(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[in
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[StudyRow]:
     rows = []
-    for summary in lsearch_studies(storage):
+    for summary in user_studies(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         counts = Counter(t.state.name for t in trials)
         directions = [d.name.lower() for d in study.directions]
-        kind = "comparison" if is_comparison(summary) else "search"
+        kind = study_kind(summary)
         best = None
         # A comparison's best seed-run says nothing: its answer is `lsearch compare`'s output.
-        if kind == "search" and len(directions) == 1 and counts["COMPLETE"]:
+        if kind == SEARCH and len(directions) == 1 and counts["COMPLETE"]:
             best = [study.best_value]
         counts_by_state = {s: counts[s] for s in STATES}
-        warned = [t for t in trials if t.user_attrs.get("checkpoint_warning")]
+        warned = [t for t in trials if t.user_attrs.get(CHECKPOINT_WARNING_ATTR)]
         rows.append(
             StudyRow(
                 summary.study_name, kind, directions, counts_by_state, best,
                 *checkpoint_space(study, trials), len(warned),
-                f"trial {warned[0].number}, {warned[0].user_attrs['checkpoint_warning']}"
+                f"trial {warned[0].number}, {warned[0].user_attrs[CHECKPOINT_WARNING_ATTR]}"
                 if warned else None,
             )
         )  # fmt: skip
     return rows
-
-
-def lsearch_studies(storage: optuna.storages.BaseStorage) -> list[optuna.study.StudySummary]:
-    """The studies of a storage, less the registry of workers (see search.register_worker)."""
-    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
-    return [summary for summary in summaries if summary.study_name != WORKERS_STUDY]
-
-
-def is_comparison(summary: optuna.study.StudySummary) -> bool:
-    return summary.user_attrs.get("lsearch_kind") == "comparison"
-
-
-def pick_study(
-    storage: optuna.storages.BaseStorage, name: str | None, search_only: bool = False
-) -> optuna.Study:
-    """The named study, or, with no name, the only search study in the storage (comparison
-    studies beside it do not count, so `lsearch best` keeps working after a compare).
-    `search_only` refuses a comparison study even by name."""
-    summaries = lsearch_studies(storage)
-    names = [s.study_name for s in summaries]
-    searches = [s.study_name for s in summaries if not is_comparison(s)]
-    if name is None:
-        if len(searches) == 1:
-            name = searches[0]
-        elif not searches:
-            raise UserError("this storage holds no search study yet; run `lsearch run` first")
-        else:
-            raise UserError(
-                f"this storage holds several search studies ({', '.join(searches)}); "
-                "pick one with --study"
-            )
-    if name not in names:
-        known = ", ".join(names) or "none"
-        raise UserError(
-            f"no study named '{name}' in this storage (studies: {known}); check --study"
-        )
-    if search_only and name not in searches:
-        raise UserError(
-            f"study '{name}' is a comparison, not a search; name a search study "
-            f"({', '.join(searches) or 'none'})"
-        )
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 def trial_summary(trial: FrozenTrial) -> dict[str, Any]:

@@ -13,7 +13,12 @@ from here.
 
 from __future__ import annotations
 
+import optuna
+from optuna.storages import BaseStorage
+from optuna.study import Study, StudySummary
 from optuna.trial import TrialState
+
+from lsearch.errors import UserError
 
 # Trial states a search counts as done: a pruned trial is a finished answer, not a failure.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -24,7 +29,7 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 SPEC_ATTR = "lsearch_spec"  # the study file as resolved, JSON
 FINGERPRINT_ATTR = "lsearch_spec_fingerprint"  # what must match for a worker to join
 PRODUCED_BY_ATTR = "lsearch_produced_by"  # lsearch, torch and optuna versions
-KIND_ATTR = "lsearch_kind"  # "search" or "comparison"; absent on a search of 0.1.0
+KIND_ATTR = "lsearch_kind"  # SEARCH or COMPARISON (below); absent on a search of 0.1.0
 # a comparison's request: the search it came from, its grid, base configuration, seeds, metrics
 SEARCH_STUDY_ATTR = "lsearch_search_study"
 TEST_COUNT_ATTR = "lsearch_test_configurations"  # configurations measured on the test set
@@ -45,3 +50,81 @@ CHECKPOINT_WARNING_ATTR = "checkpoint_warning"  # why a checkpoint could not be 
 # ---- written by lsearch 0.1.0 and still read (lsearch deletes nothing of the user's)
 WORKERS_STUDY = "lsearch:workers"  # the registry study 0.1.0 added to every storage
 TOKEN_ATTR = "lsearch_create_token"  # marks the process that created a study
+
+# ---- study kinds (KIND_ATTR); a study without one is a search (0.1.0 wrote none)
+SEARCH = "search"
+COMPARISON = "comparison"
+KINDS = (SEARCH, COMPARISON)
+
+
+def study_kind(summary: StudySummary | Study) -> str:
+    """SEARCH or COMPARISON, from the study's user attr `lsearch_kind`."""
+    return COMPARISON if summary.user_attrs.get(KIND_ATTR) == COMPARISON else SEARCH
+
+
+def is_comparison(summary: StudySummary | Study) -> bool:
+    """Whether the study is a comparison's (not a search)."""
+    return study_kind(summary) == COMPARISON
+
+
+def user_studies(storage: BaseStorage) -> list[StudySummary]:
+    """The studies of a storage in creation order, less the registry of workers a storage
+    written by lsearch 0.1.0 holds (`lsearch:workers`: kept, since lsearch deletes nothing
+    of the user's, but never listed, picked or counted)."""
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    return [summary for summary in summaries if summary.study_name != WORKERS_STUDY]
+
+
+def study_names(storage: BaseStorage) -> list[str]:
+    """The names of the user's studies (see user_studies)."""
+    return [summary.study_name for summary in user_studies(storage)]
+
+
+def find_study(storage: BaseStorage, name: str) -> StudySummary | None:
+    """The summary of the study named `name`, or None where there is none."""
+    return next((s for s in user_studies(storage) if s.study_name == name), None)
+
+
+def studies_of_kind(storage: BaseStorage, kind: str) -> list[StudySummary]:
+    """The user's studies of one kind (SEARCH or COMPARISON)."""
+    return [summary for summary in user_studies(storage) if study_kind(summary) == kind]
+
+
+def comparisons_of(storage: BaseStorage, search_study: str) -> list[StudySummary]:
+    """The comparison studies made from the search `search_study`, in name order."""
+    found = [
+        summary
+        for summary in studies_of_kind(storage, COMPARISON)
+        if summary.user_attrs.get(SEARCH_STUDY_ATTR) == search_study
+    ]
+    return sorted(found, key=lambda summary: summary.study_name)
+
+
+def pick_study(storage: BaseStorage, name: str | None, search_only: bool = False) -> Study:
+    """The named study, or, with no name, the only search study in the storage (comparison
+    studies beside it do not count, so `lsearch best` keeps working after a compare).
+    `search_only` refuses a comparison study even by name. Anything else is a UserError."""
+    summaries = user_studies(storage)
+    names = [s.study_name for s in summaries]
+    searches = [s.study_name for s in summaries if not is_comparison(s)]
+    if name is None:
+        if len(searches) == 1:
+            name = searches[0]
+        elif not searches:
+            raise UserError("this storage holds no search study yet; run `lsearch run` first")
+        else:
+            raise UserError(
+                f"this storage holds several search studies ({', '.join(searches)}); "
+                "pick one with --study"
+            )
+    if name not in names:
+        known = ", ".join(names) or "none"
+        raise UserError(
+            f"no study named '{name}' in this storage (studies: {known}); check --study"
+        )
+    if search_only and name not in searches:
+        raise UserError(
+            f"study '{name}' is a comparison, not a search; name a search study "
+            f"({', '.join(searches) or 'none'})"
+        )
+    return optuna.load_study(study_name=name, storage=storage)
