@@ -1,7 +1,7 @@
 """Storage resilience, liveness and the trial loop, in-process: retried writes that had
 committed, the short deadline of a stopping worker, the sweep of stale trials on an
-observer's clock, a trial taken over by another worker, hand-backs, duplicate draws and the
-numbering of workers. The same paths run with real processes and databases in
+observer's clock, a trial taken over by another worker, hand-backs, duplicate draws and a
+storage that holds the user's studies only. The same paths run with real processes and databases in
 test_workers.py and test_interrupts.py."""
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from lsearch import interrupts
 from lsearch.outputs.results import lsearch_studies
 from lsearch.search.liveness import HEARTBEAT_ATTR, StaleTrialSweeper
 from lsearch.search.loop import run_one
-from lsearch.search.study import DuplicateConfiguration, check_new, register_worker
+from lsearch.search.study import DuplicateConfiguration, check_new, open_study, register_worker
+from lsearch.spec import StudySpec
 from lsearch.store import storage as storage_module
-from lsearch.store.catalog import TOKEN_ATTR
+from lsearch.store.catalog import TOKEN_ATTR, WORKERS_STUDY
 from lsearch.store.storage import ResilientStorage
 
 
@@ -357,13 +358,17 @@ def test_a_configuration_the_study_holds_is_refused_but_a_retry_is_not() -> None
     check_new(retry)
 
 
-def test_workers_are_numbered_by_the_storage_per_study_and_hidden_from_listings() -> None:
-    storage = ResilientStorage(InMemoryStorage())
-    assert [register_worker(storage, "a") for _ in range(3)] == [0, 1, 2]
-    assert register_worker(storage, "b") == 0
-    assert register_worker(storage, "a") == 3
-    optuna.create_study(storage=storage, study_name="a")
+def test_opening_a_study_adds_no_other_study_and_old_registries_stay_hidden() -> None:
+    """Workers need no registry of their own any more: the storage holds the user's studies.
+    The one lsearch 0.1.0 added (`lsearch:workers`) stays where it is, unlisted."""
+    inner = InMemoryStorage()
+    optuna.create_study(storage=inner, study_name=WORKERS_STUDY)  # as 0.1.0 left it
+    storage = ResilientStorage(inner)
+    assert register_worker(storage, "a") == 0
+    open_study(StudySpec(name="a"), storage)
     assert [s.study_name for s in lsearch_studies(storage)] == ["a"]
+    assert optuna.load_study(study_name=None, storage=storage).study_name == "a"
+    assert [s.study_name for s in optuna.get_all_study_summaries(inner)] == [WORKERS_STUDY, "a"]
 
 
 def test_a_session_the_lost_connection_left_broken_is_reset_and_the_call_retried() -> None:

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lsearch.search.study import sampler_seed
+from lsearch.search.study import trial_seed
 from lsearch.search.workers import worker_env
 from lsearch.spec import StudySpec
 from lsearch.training.devices import claim_gpu, parse_gpus
@@ -85,8 +85,9 @@ def test_three_worker_processes_share_a_postgresql_study(tmp_path: Path, postgre
 
 
 def assert_no_configuration_twice(study: optuna.Study) -> None:
-    """Workers started with one command number themselves through the storage, so their
-    samplers differ: no configuration is drawn twice (the duplicate check would fail it)."""
+    """Each trial's sampling is seeded from its number, which the storage makes unique, so
+    workers started alike draw apart: no configuration is drawn twice (the duplicate check
+    would fail it)."""
     configurations = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(set(configurations)) == len(configurations), configurations
     assert not study.get_trials(states=(TrialState.FAIL,))
@@ -104,8 +105,9 @@ def test_two_workers_started_alike_on_a_fresh_sqlite_file_draw_distinct_configur
     study = optuna.load_study(study_name="digits", storage=storage)
     assert_study_reached(study, 8, 2)
     assert_no_configuration_twice(study)
-    registry = optuna.load_study(study_name="lsearch:workers", storage=storage)
-    assert [t.user_attrs["study"] for t in registry.trials] == ["digits", "digits"]
+    # Without a registry of workers: the storage holds the user's study and nothing else.
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["digits"]
+    assert optuna.load_study(study_name=None, storage=storage).study_name == "digits"
 
 
 CRASH_ARGS = (
@@ -396,14 +398,10 @@ def test_claim_gpu_holds_across_processes(tmp_path: Path) -> None:
             proc.wait()
 
 
-def test_sampler_seeds_differ_per_worker_and_after_a_resume() -> None:
-    spec = StudySpec(name="x")
-    assert sampler_seed(spec, 0, 0) == spec.sampler.seed == 0
-    seeds = {sampler_seed(spec, 0, worker) for worker in range(8)}
-    assert len(seeds) == 8
-    assert sampler_seed(spec, 5, 0) != sampler_seed(spec, 0, 0)
-    unseeded = StudySpec.model_validate({"name": "x", "sampler": {"seed": None}})
-    assert sampler_seed(unseeded, 3, 1) is None
+def test_trial_seeds_differ_per_trial_and_trial_0_draws_with_the_study_file_s_seed() -> None:
+    assert trial_seed(0, 0) == StudySpec(name="x").sampler.seed == 0
+    assert len({trial_seed(0, number) for number in range(1000)}) == 1000
+    assert trial_seed(5, 3) == trial_seed(5, 3) != trial_seed(6, 3)
 
 
 RACER = """

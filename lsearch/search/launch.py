@@ -14,9 +14,9 @@ from lsearch.errors import UserError
 from lsearch.search.checkpoints import Checkpoints, RetryOrDiscardCheckpoint, open_artifact_store
 from lsearch.search.liveness import StaleTrialSweeper
 from lsearch.search.loop import Liveness, liveness_for
-from lsearch.search.study import open_study, register_worker
+from lsearch.search.study import open_study
 from lsearch.spec import StudySpec, load_spec
-from lsearch.store.catalog import SPEC_ATTR
+from lsearch.store.catalog import SPEC_ATTR, user_studies
 from lsearch.store.storage import MAX_RETRY_DELAY_S, open_storage
 from lsearch.training.data import ImagePool, load_pool
 from lsearch.training.devices import CoreShare, describe_device, resolve_device, set_determinism
@@ -115,8 +115,7 @@ def prepare_search(
     device, pool, cores = check_and_load(spec, device_name, trains, threads)
     checkpoints = open_checkpoints(spec)
     storage, liveness = open_spec_storage(spec, storage_url, checkpoints)
-    worker_index = register_worker(storage, study_name or spec.name)
-    study = open_study(spec, storage, study_name, worker_index, describe_device(device))
+    study = open_study(spec, storage, study_name, device=describe_device(device))
     return Prepared(spec, device, pool, cores, study, checkpoints, liveness)
 
 
@@ -131,7 +130,7 @@ def watch_stale_trials(
     sweepers: dict[str, tuple[optuna.Study, StaleTrialSweeper] | None] = {}
     while not stop.wait(every_s):
         try:
-            for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            for summary in user_studies(storage):
                 name = summary.study_name
                 if name not in sweepers:
                     stored = summary.user_attrs.get(SPEC_ATTR)

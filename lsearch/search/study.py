@@ -8,50 +8,96 @@ so that a second process with a different file is refused instead of mixing resu
 from __future__ import annotations
 
 import logging
-import os
 import platform
+from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.samplers._lazy_random_state import LazyRandomState
+from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.errors import UserError
 from lsearch.spec import Pruner, StudySpec
 from lsearch.store.catalog import (
     DUPLICATE_ATTR,
+    FAIL_REASON_ATTR,
     FINGERPRINT_ATTR,
     FINISHED,
-    KIND_ATTR,
     PRODUCED_BY_ATTR,
     SPEC_ATTR,
-    WORKERS_STUDY,
+    find_study,
 )
 
 log = logging.getLogger("lsearch.search.study")
 
 
-def sampler_seed(spec: StudySpec, trials_at_start: int, worker_index: int) -> int | None:
-    """This process's sampler seed. A fresh single-process study draws exactly what the
-    study file's seed says; a process that joins or resumes a study shifts the seed by the
-    trials already there, and each worker by its index, so that no two processes repeat
-    each other's draws (a fixed seed in every worker would)."""
-    if spec.sampler.seed is None:
-        return None
-    return (spec.sampler.seed + trials_at_start + 1_000_003 * worker_index) % 2**32
+def trial_seed(seed: int, number: int) -> int:
+    """The seed a trial's sampling starts from: the study file's `sampler.seed` for trial 0,
+    and one of its own for every other trial number.
+
+    >>> trial_seed(0, 0), trial_seed(0, 1) != trial_seed(0, 0), trial_seed(7, 3) == trial_seed(7, 3)
+    (0, True, True)
+    """
+    return (seed + 1_000_003 * number) % 2**32
 
 
-class GridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler without its `study.stop()` once the grid is used up, which only
-    works inside `study.optimize`: lsearch's loop checks `is_exhausted` itself."""
+def _reseed(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
+    """Seed every random state of an Optuna sampler and of the samplers it holds (TPE's and
+    GP's random sampler for their first trials)."""
+    for value in vars(sampler).values():
+        if isinstance(value, LazyRandomState):
+            value.rng.seed(seed)
+        elif isinstance(value, optuna.samplers.BaseSampler):
+            _reseed(value, seed)
+
+
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler whose draws for a trial are seeded from the study file's seed and the
+    trial's number (see trial_seed), not from whatever this process drew before.
+
+    The storage gives each trial of a study its own number (Optuna locks the study while it
+    numbers one), so workers on one study draw distinct configurations however and wherever
+    they were started, with no registry of workers, and a search run by one process draws the
+    same configurations from the same study file every time. An unseeded sampler
+    (`sampler.seed` unset) draws from fresh entropy in every process.
+    """
+
+    def __init__(self, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, seed=seed, **kwargs)
+        self._study_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._study_seed is not None:
+            _reseed(self, trial_seed(self._study_seed, trial.number))
+        super().before_trial(study, trial)
+
+
+class RandomSampler(TrialSeeded, optuna.samplers.RandomSampler):
+    """Optuna's random sampler, seeded per trial (see TrialSeeded)."""
+
+
+class TPESampler(TrialSeeded, optuna.samplers.TPESampler):
+    """Optuna's TPE sampler, seeded per trial (see TrialSeeded)."""
+
+
+class GPSampler(TrialSeeded, optuna.samplers.GPSampler):
+    """Optuna's Gaussian-process sampler, seeded per trial (see TrialSeeded)."""
+
+
+class GridSampler(TrialSeeded, optuna.samplers.GridSampler):
+    """Optuna's grid sampler, seeded per trial (see TrialSeeded), without its `study.stop()`
+    once the grid is used up, which only works inside `study.optimize`: lsearch's loop checks
+    `is_exhausted` itself."""
 
     def after_trial(self, *args: object, **kwargs: object) -> None:
         pass
 
 
 def build_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The study file's sampler (its seed, or `seed` where given), seeded per trial."""
     sampler = spec.sampler.model_copy(update={"seed": seed}) if seed is not None else spec.sampler
     if sampler.type == "random":
-        return optuna.samplers.RandomSampler(seed=sampler.seed)
+        return RandomSampler(seed=sampler.seed)
     if sampler.type == "grid":
         try:
             grid = {name: getattr(spec.space, name).grid() for name in spec.searched}
@@ -59,11 +105,9 @@ def build_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.B
             raise UserError(f"sampler.type = 'grid': {exc}") from None
         return GridSampler(grid, seed=sampler.seed)
     if sampler.type == "gp":
-        return optuna.samplers.GPSampler(
-            seed=sampler.seed, n_startup_trials=sampler.n_startup_trials
-        )
+        return GPSampler(seed=sampler.seed, n_startup_trials=sampler.n_startup_trials)
     # Optuna 5's defaults (multivariate, constant liar) suit parallel workers: keep them.
-    return optuna.samplers.TPESampler(seed=sampler.seed, n_startup_trials=sampler.n_startup_trials)
+    return TPESampler(seed=sampler.seed, n_startup_trials=sampler.n_startup_trials)
 
 
 def _single_pruner(kind: str, pruner: Pruner) -> optuna.pruners.BasePruner:
@@ -101,20 +145,18 @@ def open_study(
     spec: StudySpec,
     storage: optuna.storages.BaseStorage,
     study_name: str | None = None,
-    worker_index: int = 0,
+    worker_index: int | None = None,
     device: str = "cpu",
 ) -> optuna.Study:
     """Create the study, or load it when it exists and was made from the same spec.
-    A new study records the versions and the device that made it (`lsearch_produced_by`)."""
+    A new study records the versions and the device that made it (`lsearch_produced_by`).
+    Nothing else is created: the storage holds the user's studies only. `worker_index` is
+    ignored (workers need no number any more, see TrialSeeded); pass `device=` by name."""
+    del worker_index
     name = study_name or spec.name
     directions = spec.objective.directions
-    existing = {
-        s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    }
-    trials_at_start = 0
-    if name in existing:
-        summary = existing[name]
-        trials_at_start = summary.n_trials
+    summary = find_study(storage, name)
+    if summary is not None:
         stored = summary.user_attrs.get(SPEC_ATTR)
         if stored is not None and not spec.same_trials_as(stored):
             raise UserError(
@@ -130,7 +172,7 @@ def open_study(
         storage=storage,
         study_name=name,
         directions=directions,
-        sampler=build_sampler(spec, sampler_seed(spec, trials_at_start, worker_index)),
+        sampler=build_sampler(spec),
         pruner=build_pruner(spec),
         load_if_exists=True,
     )
@@ -163,8 +205,8 @@ class DuplicateConfiguration(Exception):
 
 def check_new(trial: optuna.Trial) -> None:
     """Refuse a configuration another live or finished trial of the study already has (a
-    retry of a failed trial is not a duplicate of it). Distinct sampler seeds per worker make
-    this rare; it is the backstop behind them."""
+    retry of a failed trial is not a duplicate of it). Per-trial sampler seeds (TrialSeeded)
+    make this rare; it is the backstop behind them."""
     own = trial.params
     for other in trial.study.get_trials(
         deepcopy=False,
@@ -172,29 +214,14 @@ def check_new(trial: optuna.Trial) -> None:
     ):
         if other.number != trial.number and other.params == own:
             trial.set_user_attr(DUPLICATE_ATTR, other.number)
-            trial.set_user_attr("fail_reason", f"same configuration as trial {other.number}")
+            trial.set_user_attr(FAIL_REASON_ATTR, f"same configuration as trial {other.number}")
             raise DuplicateConfiguration(f"same configuration as trial {other.number}")
 
 
 def register_worker(storage: optuna.storages.BaseStorage, study_name: str) -> int:
-    """This process's number among the workers that ever joined `study_name`: 0 for the
-    first, 1 for the next, and so on, whatever host they run on and however they were
-    started. The storage hands out trial ids atomically, so each worker records itself as
-    one trial of the storage's registry study (`lsearch:workers`, kind `workers`: it holds
-    who joined what, when) and counts the registrations of its study made before its own."""
-    registry = optuna.create_study(
-        storage=storage, study_name=WORKERS_STUDY, load_if_exists=True
-    )  # fmt: skip
-    if registry.user_attrs.get(KIND_ATTR) != "workers":
-        registry.set_user_attr(KIND_ATTR, "workers")
-    trial = registry.ask()
-    trial.set_user_attr("study", study_name)
-    trial.set_user_attr("host", platform.node())
-    trial.set_user_attr("pid", os.getpid())
-    registry.tell(trial, 0.0)
-    own_id = trial._trial_id
-    return sum(
-        1
-        for other in registry.get_trials(deepcopy=False)
-        if other.user_attrs.get("study") == study_name and other._trial_id < own_id
-    )
+    """0, and nothing written: lsearch keeps no registry of workers any more (a search's
+    workers draw distinct configurations through TrialSeeded). Kept for the comparison's
+    plan choice until it uses lsearch.search.workers.picking_rank; 0.1.0's registry study
+    in an old storage is left as it is and hidden (catalog.user_studies)."""
+    del storage, study_name
+    return 0

@@ -11,6 +11,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from optuna.trial import FrozenTrial, TrialState
+
 from lsearch import interrupts
 from lsearch.store.storage import STORAGE_ENV
 
@@ -32,7 +34,8 @@ def start_workers(
     count: int, args: Sequence[str], gpus: Sequence[str], storage_url: str, stagger_s: float
 ) -> list[subprocess.Popen[bytes]]:
     """Start `count` workers running `lsearch *args --quiet` (args start with the command:
-    `run ...` or `compare ...`). Each numbers itself through the storage (register_worker)."""
+    `run ...` or `compare ...`). They need no number: each trial's number, which the storage
+    makes unique, keeps their draws apart (search.study.TrialSeeded, picking_rank)."""
     workers = []
     for index in range(count):
         command = [sys.executable, "-m", "lsearch", *args]
@@ -66,3 +69,25 @@ def wait_for(
         time.sleep(every_s)
     poll()
     return [worker.returncode for worker in workers]
+
+
+def picking_rank(trials: Sequence[FrozenTrial], own_number: int) -> int:
+    """How many trials numbered before `own_number` are RUNNING with no parameters yet: the
+    workers that asked for a trial at about the same moment and are still choosing what it
+    runs. 0 for a lone worker. A worker that takes item `rank % len(free)` of the free
+    items (as a comparison picks its next seed-run) then never takes the item an earlier
+    one is taking: either that one has chosen, and its item is no longer free, or it has
+    not, and it counts here. Nothing is written to the storage for it.
+
+    >>> from optuna.trial import create_trial
+    >>> running = [create_trial(state=TrialState.RUNNING) for _ in range(3)]
+    >>> for number, trial in enumerate(running):
+    ...     trial.number = number
+    >>> [picking_rank(running, n) for n in range(3)]
+    [0, 1, 2]
+    """
+    return sum(
+        1
+        for trial in trials
+        if trial.number < own_number and trial.state == TrialState.RUNNING and not trial.params
+    )
