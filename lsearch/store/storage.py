@@ -43,7 +43,7 @@ from sqlalchemy.exc import (
 
 from lsearch import interrupts
 from lsearch.errors import UserError
-from lsearch.store.catalog import TOKEN_ATTR
+from lsearch.store.catalog import TOKEN_ATTR, WORKERS_STUDY
 
 log = logging.getLogger("lsearch.store.storage")
 
@@ -125,8 +125,6 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(cause, DBAPIError) and cause.connection_invalidated
 
 
-# The study in which workers register (lsearch.search.study.register_worker); not a search.
-
 # The longest pause between attempts to reach a lost database. A worker opened for a study
 # pauses at most its heartbeat interval, so that once the database is back its heartbeat
 # resumes well within the grace period (see lsearch.search.liveness).
@@ -162,6 +160,13 @@ class ResilientStorage(BaseStorage):
     committed the first time, so the writes whose repetition is not harmless are checked
     first: a trial creation carries a token (`lsearch_create_token`) and is looked up by it,
     a state change or a parameter is read back, a study is looked up by name.
+
+    It lists the user's studies only: the registry of workers that lsearch 0.1.0 added to
+    every storage (`lsearch:workers`) stays in an old storage but is never listed, so
+    `optuna.load_study(study_name=None, storage=...)`, optuna-dashboard served by `lsearch
+    dashboard` and every lsearch command see what the user made. It pickles when its inner
+    storage and `on_lost` do (those of open_storage do), so a study on it can go to another
+    process (joblib, Dask, a multiprocessing pool).
     """
 
     def __init__(
@@ -214,6 +219,10 @@ class ResilientStorage(BaseStorage):
                     self._on_lost()
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_delay)
+
+    def get_all_studies(self) -> list[Any]:
+        studies = self._call("get_all_studies")
+        return [study for study in studies if study.study_name != WORKERS_STUDY]
 
     # The writes whose repetition is not harmless.
 
@@ -329,6 +338,38 @@ def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
 _SCHEMA_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
 
 
+class _RDBStorage(RDBStorage):
+    """Optuna's RDB storage with lsearch's SQLite settings on every connection, also once
+    unpickled (RDBStorage.__setstate__ makes a fresh engine, without the listener)."""
+
+    def __init__(self, url: str, engine_kwargs: dict[str, Any]) -> None:
+        super().__init__(url, engine_kwargs=engine_kwargs)
+        self._tune()
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._tune()
+
+    def _tune(self) -> None:
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.engine.dispose()  # pooled connections made before the listener
+
+
+class _ResetConnections:
+    """What a ResilientStorage on `rdb` does when the connection is lost: this thread's
+    session holds the transaction the lost connection broke, and the pool holds connections
+    to the old server; drop both, so the next attempt starts afresh. (A class, not a
+    closure, so that the storage pickles.)"""
+
+    def __init__(self, rdb: RDBStorage) -> None:
+        self.rdb = rdb
+
+    def __call__(self) -> None:
+        self.rdb.remove_session()
+        self.rdb.engine.dispose()
+
+
 def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> RDBStorage:
     """Workers started together on a fresh database race to create Optuna's tables; the
     losers find the tables there when they try again (after a random pause, so that they
@@ -336,7 +377,7 @@ def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> RDBStorage:
     attempts = 10
     for attempt in range(attempts):
         try:
-            return RDBStorage(url, engine_kwargs=kwargs)
+            return _RDBStorage(url, kwargs)
         except (IntegrityError, ProgrammingError, OperationalError) as exc:
             if not any(sign in str(exc) for sign in _SCHEMA_RACE) or attempt == attempts - 1:
                 raise
@@ -378,8 +419,6 @@ def open_storage(
             # makes concurrent writers wait on each other less. It persists in the file.
             with rdb.engine.connect() as connection:
                 connection.execute(text("PRAGMA journal_mode=WAL"))
-            event.listen(rdb.engine, "connect", _sqlite_pragmas)
-            rdb.engine.dispose()  # the pooled connections were made before the listener
     except NoSuchModuleError:
         raise UserError(
             f"storage {shown}: unknown database driver {parsed.drivername!r}; use sqlite:/// "
@@ -396,11 +435,4 @@ def open_storage(
         ) from None
     # Optuna's cache of finished trials, as optuna.create_study(storage=url) would use.
     cached = optuna.storages.get_storage(rdb)
-
-    def reset() -> None:
-        # This thread's session holds the transaction the lost connection broke, and the pool
-        # holds connections to the old server: drop both, so the next attempt starts afresh.
-        rdb.remove_session()
-        rdb.engine.dispose()
-
-    return ResilientStorage(cached, reconnect_timeout, reset, max_delay)
+    return ResilientStorage(cached, reconnect_timeout, _ResetConnections(rdb), max_delay)
