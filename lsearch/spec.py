@@ -392,7 +392,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 def _format_error(error: dict[str, Any]) -> str:
     loc = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
     if error["type"] == "extra_forbidden":
-        return f"unknown key '{loc}'; check its spelling against the README's study file keys"
+        return f"unknown key '{loc}'; check its spelling against docs/study-files.md"
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{loc}: {message}" if loc else message
 
