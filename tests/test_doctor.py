@@ -12,7 +12,7 @@ import sqlalchemy
 import torch
 from typer.testing import CliRunner
 
-from lsearch import doctor
+from lsearch import checks as checkup
 from lsearch.cli import app
 from lsearch.training.devices import autocast_precision
 from tests.conftest import run_lsearch
@@ -62,7 +62,7 @@ def test_an_existing_sqlite_file_is_reported_writable_and_left_byte_identical(
     connection.commit()
     connection.close()
     before = path.read_bytes()
-    check = doctor.check_storage(f"sqlite:///{path}")
+    check = checkup.check_storage(f"sqlite:///{path}")
     assert check.status == "ok", check.detail
     assert check.figures["exists"] is True and check.figures["writable"] is True
     assert check.figures["studies"] == 1
@@ -119,7 +119,7 @@ def fake_t4(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_a_gpu_without_bfloat16_reports_float16_and_why(fake_t4: None) -> None:
-    [check] = doctor.check_cuda("auto", "auto")
+    [check] = checkup.check_cuda("auto", "auto")
     assert check.name == "cuda:0"
     assert check.status == "ok", check.detail
     assert check.figures["gpu"] == "Tesla T4"
@@ -130,18 +130,18 @@ def test_a_gpu_without_bfloat16_reports_float16_and_why(fake_t4: None) -> None:
     assert "capability 7.5" in check.figures["precision_reason"]
     assert "float16" in check.detail and "Tesla T4" in check.detail
     # An impossible precision there is a failed check, not a crash.
-    [forced] = doctor.check_cuda("auto", "bfloat16")
+    [forced] = checkup.check_cuda("auto", "bfloat16")
     assert forced.status == "fail"
     assert "7.5" in forced.detail
 
 
 def test_no_cuda_warns_unless_cuda_was_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert [c.status for c in doctor.check_cuda("auto")] == ["warn"]
-    assert [c.status for c in doctor.check_cuda("cuda:0")] == ["fail"]
-    assert doctor.check_device("auto").figures["device"] == "cpu"
-    assert doctor.check_device("cuda").status == "fail"
-    assert doctor.check_cpu(True, "float16").status == "fail"  # the CPU has no float16
+    assert [c.status for c in checkup.check_cuda("auto")] == ["warn"]
+    assert [c.status for c in checkup.check_cuda("cuda:0")] == ["fail"]
+    assert checkup.check_device("auto").figures["device"] == "cpu"
+    assert checkup.check_device("cuda").status == "fail"
+    assert checkup.check_cpu(True, "float16").status == "fail"  # the CPU has no float16
 
 
 def test_a_bad_device_name_is_a_one_line_user_error(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_a_bad_device_name_is_a_one_line_user_error(tmp_path: Path) -> None:
 
 
 def test_missing_cifar10_data_is_a_warning_and_nothing_is_downloaded(tmp_path: Path) -> None:
-    weights = doctor.imagenet_weights_file()
+    weights = checkup.imagenet_weights_file()
     cached = weights.is_file()
     code, payload, _ = doctor_json(
         "--study", "cifar10-resnet18", "--set", f"data.root={tmp_path}/nodata", "--no-train",
@@ -182,8 +182,8 @@ def test_the_training_check_uses_random_weights_when_the_study_s_are_not_here(
         [f"model.weights={tmp_path / 'missing.pth'}", "data.train_per_class=10",
          "data.val_per_class=10"],
     )  # fmt: skip
-    assert doctor.check_weights(spec).status == "fail"
-    check = doctor.check_training(spec, torch.device("cpu"), weights_present=False)
+    assert checkup.check_weights(spec).status == "fail"
+    check = checkup.check_training(spec, torch.device("cpu"), weights_present=False)
     assert check.status == "ok", check.detail
     assert check.figures["random_weights"] is True
     assert "random weights" in check.detail
