@@ -219,13 +219,15 @@ def reruns(check: Check, deterministic: bool) -> dict[str, Any]:
 
 def wait_for_checkpoint(storage: str, process: subprocess.Popen[str], timeout: float) -> int:
     """Poll the study until its running trial points at a checkpoint; its epoch."""
+    from lsearch.store.catalog import CHECKPOINT_ATTR
+
     begun = time.monotonic()
     while time.monotonic() - begun < timeout:
         if process.poll() is not None:
             raise RuntimeError("the trial ended before a checkpoint was written")
         try:
             for trial in trials(storage):
-                pointer = trial.user_attrs.get("checkpoint")
+                pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
                 if pointer and trial.state.name == "RUNNING":
                     return int(pointer["epoch"])
         except Exception:  # the file, its tables or the study are still being made

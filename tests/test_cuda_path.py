@@ -18,6 +18,7 @@ import torch
 
 from lsearch.errors import UserError
 from lsearch.search import checkpoints as checkpoint
+from lsearch.store.catalog import CHECKPOINT_ATTR
 from lsearch.training import data, devices
 from lsearch.training.seed_run import resume_seed, snapshot
 from tests.conftest import run_lsearch
@@ -191,7 +192,7 @@ def test_a_trial_checkpointed_on_a_gpu_is_resumed_by_a_cpu_worker(tmp_path: Path
     )  # fmt: skip
     assert stopped.returncode == 0, stopped.stderr
     study = optuna.load_study(study_name="digits", storage=storage)
-    pointer = study.trials[1].user_attrs["checkpoint"]
+    pointer = study.trials[1].user_attrs[CHECKPOINT_ATTR]
     path = tmp_path / "artifacts" / pointer["artifact_id"]
     state = torch.load(path, weights_only=True)
     state["seeds"] = [as_if_saved_on_cuda(seed) for seed in state["seeds"]]
@@ -199,7 +200,7 @@ def test_a_trial_checkpointed_on_a_gpu_is_resumed_by_a_cpu_worker(tmp_path: Path
     # As the GPU worker would have pointed at it: with the new file's checksum.
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     retry_id = study.trials[1]._trial_id
-    study._storage.set_trial_user_attr(retry_id, "checkpoint", {**pointer, "sha256": digest})
+    study._storage.set_trial_user_attr(retry_id, CHECKPOINT_ATTR, {**pointer, "sha256": digest})
 
     # The resumed trial is stopped again by --timeout: enough to see it resume and train on.
     resumed = run_lsearch(
@@ -214,4 +215,4 @@ def test_a_trial_checkpointed_on_a_gpu_is_resumed_by_a_cpu_worker(tmp_path: Path
     assert moved.user_attrs["resumed_on_other_device"] == "cuda -> cpu"
     assert moved.user_attrs["resumed_from_epoch"] == pointer["epoch"]
     assert "checkpoint_error" not in moved.user_attrs
-    assert retry.user_attrs["checkpoint"]["epoch"] > pointer["epoch"], "it trained on"
+    assert retry.user_attrs[CHECKPOINT_ATTR]["epoch"] > pointer["epoch"], "it trained on"
