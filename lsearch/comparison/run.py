@@ -162,7 +162,7 @@ class SeedRunsLeft:
     once: see plan.failed_keys). Retries of dead workers' trials go first; a worker with
     nothing to start waits while others' runs of the plan are RUNNING."""
 
-    catch = (NonFiniteLossError, NothingLeft)
+    catch: tuple[type[Exception], ...] = (NonFiniteLossError, NothingLeft)
 
     def __init__(self, plans: Sequence[Plan]) -> None:
         self.keys = {plan.key for plan in plans}

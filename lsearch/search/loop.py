@@ -282,7 +282,7 @@ class FinishedTrials:
     with a UserError after MAX_CONSECUTIVE_FAILURES failures or MAX_DUPLICATES_IN_A_ROW
     duplicate configurations in a row, and when a grid sampler has no configuration left."""
 
-    catch = (NonFiniteLossError, DuplicateConfiguration)
+    catch: tuple[type[Exception], ...] = (NonFiniteLossError, DuplicateConfiguration)
 
     def __init__(self, n_finished: int) -> None:
         self.n_finished = n_finished
