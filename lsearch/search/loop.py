@@ -133,6 +133,7 @@ def liveness_for(
     grace_period: float,
     on_stale: StaleCallback,
 ) -> Liveness | None:
+    """The heartbeat and stale-trial sweep of this process; None with heartbeats off."""
     if not heartbeat_interval:
         return None
     sweeper = StaleTrialSweeper(storage, grace_period, on_stale)

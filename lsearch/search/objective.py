@@ -9,7 +9,7 @@ User attributes written on every finished or pruned trial (stable names, see REA
 `resumed_on_other_device` (after a checkpoint from another kind of device), and the curves
 `curve_train_loss`, `curve_val_loss`, `curve_val_acc`, `curve_val_ece` (one list per seed,
 one value per epoch), and `chosen_by` (the epoch is chosen by mean validation accuracy, for
-every objective). A trial whose loss became NaN gets `fail_reason` (search.run_one gives one
+every objective). A trial whose loss became NaN gets `fail_reason` (search.loop.run_one gives one
 to a trial that raised anything else), one that could not use its checkpoint
 `checkpoint_error`, one that could not write one `checkpoint_warning`. A trial trained with a
 test set (`lsearch compare`, `lsearch evaluate`) also gets the test metrics of
@@ -18,7 +18,8 @@ test set (`lsearch compare`, `lsearch evaluate`) also gets the test metrics of
 
 With checkpoints on, every epoch is checkpointed before it is reported; a trial that
 Optuna re-queued after its worker died resumes from the newest checkpoint of the trial it
-replaces, so only the epoch in flight is trained twice.
+replaces, so only the epoch in flight is trained twice (search.resume). Where a running
+trial stands is a TrialProgress (search.trial_progress).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ EpochCallback = Callable[[int, int, int, float], None]
 
 @dataclass(frozen=True)
 class TrialConfig:
+    """The configuration one trial trains: the four parameters lsearch varies."""
+
     label_smoothing: float
     epochs: int
     lr: float
@@ -124,11 +127,13 @@ class SearchObjective:
         self._writer: CheckpointWriter | None = None  # the running trial's
 
     def split(self, seed: int) -> Split:
+        """The seed's train/validation split (made once per seed and process)."""
         if seed not in self._splits:
             self._splits[seed] = split_for_seed(self.pool, self.spec.data, seed)
         return self._splits[seed]
 
     def start(self, seed: int, config: TrialConfig) -> SeedRun:
+        """A fresh seed-run of `config`: the seeded model, its frozen layers, its optimizer."""
         seed_everything(seed)
         net = build_model(self.spec.model, self.pool.images.shape[1], self.pool.num_classes, seed)
         net.freeze(config.trainable_layers)
