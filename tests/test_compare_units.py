@@ -25,6 +25,7 @@ from lsearch.comparison import (
     ADVISED_SEEDS,
     ALL_METRICS,
     DEFAULT_METRICS,
+    Plan,
     Request,
     build_cells,
     check_metrics,
@@ -905,3 +906,53 @@ def test_check_metrics() -> None:
     assert check_metrics([]) == list(DEFAULT_METRICS)
     assert check_metrics(["test_acc", "val_nll", "test_acc"]) == ["test_acc", "val_nll"]
     assert check_metrics(list(ALL_METRICS)) == list(ALL_METRICS)
+
+
+# ----------------------------------------------------------------------------- the loop's schedule
+
+
+def _seed_run(seed: int, state: TrialState, **attrs: Any) -> optuna.trial.FrozenTrial:
+    """A comparison trial of seed `seed` (ε 0.1, 20 epochs), as the one trial loop sees it."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    config = _config(0.1, 20)
+    distributions = {
+        "label_smoothing": FloatDistribution(0.1, 0.1),
+        "epochs": IntDistribution(20, 20),
+        "lr": FloatDistribution(3e-4, 3e-4, log=True),
+        "trainable_layers": IntDistribution(3, 3),
+        "seed": IntDistribution(seed, seed),
+    }
+    value = 0.5 if state == TrialState.COMPLETE else None
+    return create_trial(
+        state=state,
+        value=value,
+        params={**config, "seed": seed},
+        distributions=distributions,
+        user_attrs={"config": config, "seeds": [seed], **attrs},
+    )
+
+
+def test_a_comparison_s_schedule_trains_waits_and_stops_as_its_seed_runs_stand() -> None:
+    """SeedRunsLeft, what the one trial loop asks before each trial of a comparison: train
+    while a seed-run is unstarted or a retry waits, wait while only others run the last ones,
+    stop once every one is complete or failed for a reason (out of memory: after two tries)."""
+    from lsearch.comparison import SeedRunsLeft
+    from lsearch.search.loop import Step
+
+    plans = [Plan(TrialConfig(0.1, 20, 3e-4, 3), seed, ()) for seed in (0, 1)]
+    schedule = SeedRunsLeft(plans)
+    done = _seed_run(0, TrialState.COMPLETE)
+    oom = {"fail_reason": "OutOfMemoryError: out of memory", "out_of_memory": True}
+    assert schedule.next_step([]) is Step.TRIAL
+    assert schedule.next_step([done]) is Step.TRIAL
+    assert schedule.next_step([done, _seed_run(1, TrialState.RUNNING)]) is Step.WAIT
+    retry = create_trial(state=TrialState.WAITING)
+    assert schedule.next_step([done, _seed_run(1, TrialState.RUNNING), retry]) is Step.TRIAL
+    assert schedule.next_step([done, _seed_run(1, TrialState.COMPLETE)]) is Step.STOP
+    poison = _seed_run(1, TrialState.FAIL, fail_reason="ValueError: poison")
+    assert schedule.next_step([done, poison]) is Step.STOP
+    assert schedule.next_step([done, _seed_run(1, TrialState.FAIL, **oom)]) is Step.TRIAL
+    twice = [_seed_run(1, TrialState.FAIL, **oom), _seed_run(1, TrialState.FAIL, **oom)]
+    assert schedule.next_step([done, *_numbered(*twice)]) is Step.STOP
+    assert schedule.done_after(optuna.create_study(), done) is False
