@@ -180,7 +180,7 @@ def test_publish_does_not_summarise_a_comparison_again(
     """A comparison whose summary the caller passes (`lsearch compare` just computed it) is
     not summarised again: its stored note and the verdicts come from what was given; the
     search's other comparisons are still summarised from their trials."""
-    from lsearch.comparison import compare
+    from lsearch import comparison
     from lsearch.outputs import html_report
 
     shutil.copy(reported / "lsearch.db", tmp_path / "lsearch.db")
@@ -191,13 +191,13 @@ def test_publish_does_not_summarise_a_comparison_again(
     assert name in results and len(results) >= 2  # the comparison and the evaluation
     marker = "MARKER: the summary the caller gave"
     calls: list[str] = []
-    real = compare.summarise
+    real = comparison.summarise
 
     def counted(request: object, study: optuna.Study) -> dict:
         calls.append(study.study_name)
         return real(request, study)
 
-    monkeypatch.setattr(compare, "summarise", counted)
+    monkeypatch.setattr(comparison, "summarise", counted)
     _, verdicts = html_report.publish(
         storage, "digits", summaries={name: {**results[name], "verdicts": [marker]}}
     )

@@ -100,7 +100,7 @@ def bench_search(
     """The study's search with its pruner and with none, over `sampler_seeds` sampler seeds
     (one search against one search is noise); each search's best configuration is measured
     on the test set over the same `test_seeds` fresh seeds."""
-    from lsearch.comparison.compare import fresh_seeds
+    from lsearch.comparison import fresh_seeds
 
     if len(spec.objective.directions) != 1:
         raise UserError("bench --search needs a single-objective study (pruning needs one)")

@@ -24,7 +24,7 @@ from lsearch.outputs.figures import binned_means as binned_means
 from lsearch.outputs.sections import Section as Section
 from lsearch.outputs.sections import build_sections as build_sections
 from lsearch.outputs.sections import comparison_section, reliability_section
-from lsearch.store.catalog import FINISHED
+from lsearch.store.catalog import FINISHED, study_names
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -99,7 +99,7 @@ def comparison_results(
 ) -> list[tuple[optuna.Study, dict[str, Any]]]:
     """Every comparison of a search with its numbers: those in `summaries` (comparison study
     name -> what `summarise` returned) as given, the others recomputed from their trials."""
-    from lsearch.comparison.compare import linked_comparisons, summarise
+    from lsearch.comparison import linked_comparisons, summarise
 
     given = summaries or {}
     return [
@@ -129,7 +129,7 @@ def publish(
     them); every other linked comparison is summarised from its trials."""
     from lsearch.analysis.verdict import to_markdown
 
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage, False)}
+    names = set(study_names(storage))
     results = comparison_results(storage, search_study, summaries) if search_study else []
     for study, result in results:
         save_to_dashboard(
