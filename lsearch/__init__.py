@@ -2,7 +2,8 @@
 
 The Python API: what each `lsearch` command does, as a function (the CLI is a thin layer
 over these). Importing lsearch imports neither torch nor Optuna; each function imports what
-it needs when called.
+it needs when called. (`lsearch bench` is `bench_speed` and `bench_pruning` here: the name
+`lsearch.bench` is the package that measures.)
 
 >>> import lsearch
 >>> lsearch.load_study_file("digits", {"train.batch_size": 64}).train.batch_size
@@ -14,7 +15,8 @@ from lsearch.api import (
     ComparisonResult,
     Interrupted,
     UserError,
-    bench,
+    bench_pruning,
+    bench_speed,
     best,
     compare,
     doctor,
@@ -34,7 +36,8 @@ __all__ = [
     "Interrupted",
     "UserError",
     "__version__",
-    "bench",
+    "bench_pruning",
+    "bench_speed",
     "best",
     "compare",
     "doctor",

@@ -325,3 +325,44 @@ def test_progress_is_drawn_on_a_terminal_and_not_elsewhere(tmp_path: Path) -> No
         "run", "--trials", "2", *TINY, "--storage", "sqlite:///tty.db", cwd=tmp_path
     )
     assert "━" in text and "2/2" in text and "trials" in text
+
+
+# What files under lsearch/cli may import: the API, the one user-error type, typer, rich and
+# the standard library (issue 17: the CLI only parses and prints).
+CLI_MAY_IMPORT = ("lsearch.api", "lsearch.errors", "lsearch.cli", "typer", "rich")
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module a file imports (`from lsearch import api` counts as lsearch.api)."""
+    import ast
+
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "lsearch":
+                names += [f"lsearch.{alias.name}" for alias in node.names]
+            else:
+                names.append(node.module)
+    return names
+
+
+def _allowed(module: str) -> bool:
+    import sys
+
+    top = module.split(".")[0]
+    if top in sys.stdlib_module_names or top == "__future__":
+        return True
+    return any(module == name or module.startswith(name + ".") for name in CLI_MAY_IMPORT)
+
+
+def test_the_cli_imports_only_the_api_typer_rich_and_the_standard_library() -> None:
+    folder = Path(__file__).resolve().parent.parent / "lsearch" / "cli"
+    files = sorted(folder.rglob("*.py"))
+    assert len(files) > 3
+    wrong = [f"{path.name}: {name}" for path in files for name in _imports(path)
+             if not _allowed(name)]  # fmt: skip
+    assert wrong == []
+    assert not _allowed("optuna") and not _allowed("lsearch.search.launch")
+    assert not _allowed("torch") and _allowed("json") and _allowed("lsearch.api.results")

@@ -17,7 +17,7 @@ from lsearch.api.comparison import (
     evaluation_job,
     plan,
 )
-from lsearch.api.machine import Checkup, Speed, bench, bench_pruning, doctor
+from lsearch.api.machine import Checkup, Speed, bench_pruning, bench_speed, doctor
 from lsearch.api.outputs import Dashboard, Export, Report, dashboard, export, report, write_atomic
 from lsearch.api.results import (
     BestTrials,
@@ -47,8 +47,8 @@ __all__ = [
     "TableData",
     "UserError",
     "at_least",
-    "bench",
     "bench_pruning",
+    "bench_speed",
     "best",
     "carry_out",
     "compare",

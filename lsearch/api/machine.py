@@ -1,5 +1,5 @@
-"""This machine: how fast a study trains here (`bench`), whether pruning pays
-(`bench --search`), and whether everything a search needs is in place (`doctor`).
+"""This machine: how fast a study trains here (`bench_speed`), whether pruning pays
+(`bench_pruning`), and whether everything a search needs is in place (`doctor`).
 `bench` needs neither a storage nor Optuna."""
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _spec_on_device(study: str, overrides: Overrides, device: str) -> tuple[Any,
     return spec, chosen
 
 
-def bench(
+def bench_speed(
     study: str = "digits",
     overrides: Overrides = None,
     *,
@@ -105,8 +105,8 @@ def bench(
     whole trial's memory, and with ``baseline`` time the usual way too (``lsearch bench``).
 
     >>> import lsearch
-    >>> speed = lsearch.bench("digits", {"data.train_per_class": 10, "data.val_per_class": 10},
-    ...                       epochs=1, device="cpu")
+    >>> tiny = {"data.train_per_class": 10, "data.val_per_class": 10}
+    >>> speed = lsearch.bench_speed("digits", tiny, epochs=1, device="cpu")
     >>> speed.to_dict()["train_images_per_s"] > 0, speed.table().header[1]
     (True, 'train img/s')
     """
@@ -163,7 +163,7 @@ class Checkup:
 
     @property
     def ok(self) -> bool:
-        from lsearch.doctor import passed
+        from lsearch.checks import passed
 
         return passed(self.checks)
 
@@ -195,7 +195,7 @@ def doctor(
     synthetic training epoch. Changes nothing."""
     import logging
 
-    from lsearch import doctor as checkup
+    from lsearch import checks as checkup
     from lsearch.store.storage import resolve_url
 
     spec, _ = load_with_texts(study, overrides)

@@ -76,7 +76,7 @@ def bench(
         print_table(api.TableData(pruning.title, pruning.header(), pruning.rows()))
         out.print(pruning.conclusion(), highlight=False)
         return
-    speed = api.bench(
+    speed = api.bench_speed(
         study, set_, epochs=epochs, device=device, synthetic=synthetic, baseline=baseline,
         console=None if as_json else err,
     )  # fmt: skip
