@@ -36,6 +36,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from lsearch.errors import UserError
+from lsearch.store.catalog import CHOSEN_EPOCH_ATTR, CONFIG_ATTR, EPOCHS_RUN_ATTR, SEEDS_RUN_ATTR
 
 FORMATS = ("csv", "json")
 PARAMS = ("label_smoothing", "epochs", "lr", "trainable_layers")
@@ -66,18 +67,18 @@ def per_seed_metrics(trial: FrozenTrial, n_seeds: int) -> dict[str, list[Any]]:
 def trial_rows(study: str, trial: FrozenTrial) -> list[Row]:
     """The trial's rows, one per seed, holding only the columns it has (see the module doc)."""
     attrs = trial.user_attrs
-    seeds = attrs.get("seeds")
+    seeds = attrs.get(SEEDS_RUN_ATTR)
     if not isinstance(seeds, list) or not seeds:
         return []
-    config = attrs.get("config")
+    config = attrs.get(CONFIG_ATTR)
     params = config if isinstance(config, dict) else trial.params
     common: Row = {
         "study": study,
         "trial": trial.number,
         "state": trial.state.name,
         **{name: params.get(name) for name in PARAMS},
-        "chosen_epoch": attrs.get("chosen_epoch"),
-        "epochs_run": attrs.get("epochs_run"),
+        "chosen_epoch": attrs.get(CHOSEN_EPOCH_ATTR),
+        "epochs_run": attrs.get(EPOCHS_RUN_ATTR),
     }
     metrics = per_seed_metrics(trial, len(seeds))
     return [

@@ -14,6 +14,7 @@ from lsearch.errors import UserError
 from lsearch.store.catalog import (
     CHECKPOINT_ATTR,
     CHECKPOINT_WARNING_ATTR,
+    CONFIG_ATTR,
     SEARCH,
     SPEC_ATTR,
     STATES,
@@ -97,7 +98,7 @@ def trial_summary(trial: FrozenTrial) -> dict[str, Any]:
         "number": trial.number,
         "state": trial.state.name,
         "values": trial.values,
-        "params": attrs.get("config", trial.params),
+        "params": attrs.get(CONFIG_ATTR, trial.params),
         **{key: attrs[key] for key in keys if key in attrs},
     }
 

@@ -38,7 +38,12 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from lsearch.errors import one_line
-from lsearch.store.catalog import CHECKPOINT_ATTR, CHECKPOINT_PENDING_ATTR, CHECKPOINT_WARNING_ATTR
+from lsearch.store.catalog import (
+    CHECKPOINT_ATTR,
+    CHECKPOINT_PENDING_ATTR,
+    CHECKPOINT_WARNING_ATTR,
+    FINAL_CHECKPOINT_ATTR,
+)
 
 
 def open_artifact_store(location: str) -> Any:
@@ -168,7 +173,7 @@ class Checkpoints:
                 final_id = upload_artifact(
                     artifact_store=self.store, file_path=str(path), study_or_trial=trial
                 )
-            trial.set_user_attr("final_checkpoint", {**pointer, "artifact_id": final_id})
+            trial.set_user_attr(FINAL_CHECKPOINT_ATTR, {**pointer, "artifact_id": final_id})
         trial.set_user_attr(CHECKPOINT_ATTR, None)
         self._remove(pointer["artifact_id"])
 

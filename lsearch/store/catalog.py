@@ -3,7 +3,9 @@
 Study attrs, trial user attrs and system attrs are stable, documented names (see
 docs/study-files.md and docs/operations.md): optuna-dashboard, the `optuna` CLI and
 `optuna.load_study` read them without lsearch. Everything that reads or writes one imports it
-from here.
+from here. So do the study kinds and the functions that find studies (by name, by kind, the
+only search): a storage holds the user's studies and nothing else, and the one study lsearch
+0.1.0 added to every storage (WORKERS_STUDY) is kept but never listed.
 
 >>> SPEC_ATTR
 'lsearch_spec'
@@ -46,10 +48,18 @@ HEARTBEAT_ATTR = "lsearch_heartbeat"  # liveness stamp, read on each observer's 
 CHECKPOINT_ATTR = "checkpoint"  # pointer to the last verified checkpoint
 CHECKPOINT_PENDING_ATTR = "checkpoint_pending"  # the file being written, named before it exists
 CHECKPOINT_WARNING_ATTR = "checkpoint_warning"  # why a checkpoint could not be written
+FINAL_CHECKPOINT_ATTR = "final_checkpoint"  # the model kept after the trial (keep_final)
+# what a trial trained and measured (the metrics beside them: see lsearch.search.objective)
+CONFIG_ATTR = "config"  # the configuration trained, fixed values included
+SEEDS_RUN_ATTR = "seeds"  # the seeds it trained, in the order of the *_per_seed lists
+CHOSEN_EPOCH_ATTR = "chosen_epoch"  # the epoch whose metrics the trial reports
+EPOCHS_RUN_ATTR = "epochs_run"  # the epochs it trained before it finished or was pruned
 
-# ---- written by lsearch 0.1.0 and still read (lsearch deletes nothing of the user's)
-WORKERS_STUDY = "lsearch:workers"  # the registry study 0.1.0 added to every storage
-TOKEN_ATTR = "lsearch_create_token"  # marks the process that created a study
+# ---- trial system attrs
+TOKEN_ATTR = "lsearch_create_token"  # marks a trial creation, to find it after a lost reply
+
+# ---- written by lsearch 0.1.0 and earlier, kept (lsearch deletes nothing of the user's)
+WORKERS_STUDY = "lsearch:workers"  # the registry study they added to every storage
 
 # ---- study kinds (KIND_ATTR); a study without one is a search (0.1.0 wrote none)
 SEARCH = "search"
