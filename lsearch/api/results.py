@@ -37,12 +37,14 @@ def top_trials(study: Any, top: int = 10) -> TableData:
     import optuna
     from optuna.trial import TrialState
 
+    from lsearch.store.catalog import CONFIG_ATTR
+
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
     trials = sorted(trials, key=lambda t: sign * t.values[0])[:top]
     rows = []
     for trial in trials:
-        attrs, config = trial.user_attrs, trial.user_attrs.get("config", {})
+        attrs, config = trial.user_attrs, trial.user_attrs.get(CONFIG_ATTR, {})
         rows.append([
             str(trial.number), f"{config.get('label_smoothing', float('nan')):.3f}",
             str(config.get("epochs", "-")), f"{config.get('lr', float('nan')):.2e}",

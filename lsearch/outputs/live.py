@@ -1,4 +1,5 @@
-"""Live progress of a search on a terminal (silent otherwise) and the closing summary table."""
+"""Live progress of a search or a comparison on a terminal (silent otherwise). The closing
+table of a search is `lsearch.api.results.top_trials`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from lsearch.store.catalog import FINISHED
+from lsearch.store.catalog import CONFIG_ATTR, FAIL_REASON_ATTR, FINISHED
 
 
 def _format(value: float | None) -> str:
@@ -74,36 +74,12 @@ class SearchProgress(_LiveBar):
 
     def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.FAIL:
-            reason = trial.user_attrs.get("fail_reason") or trial.system_attrs.get(
-                "fail_reason", "see the worker's log"
+            reason = trial.user_attrs.get(FAIL_REASON_ATTR) or trial.system_attrs.get(
+                FAIL_REASON_ATTR, "see the worker's log"
             )
             self.progress.console.print(f"trial {trial.number} failed: {reason}", highlight=False)
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         self.progress.update(self.task, completed=finished, best=self._best(study), now="")
-
-
-def summary_table(study: optuna.Study, top: int = 10) -> Table:
-    """The study's best trials with their parameters and headline metrics."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
-    trials = sorted(trials, key=lambda t: sign * t.values[0])[:top]
-    table = Table(title=f"study {study.study_name}: top {len(trials)} complete trials")
-    for column in ("trial", "ε", "epochs", "lr", "layers", "val acc", "val ECE", "best ep.", "s"):
-        table.add_column(column, justify="right")
-    for trial in trials:
-        config = trial.user_attrs.get("config", {})
-        table.add_row(
-            str(trial.number),
-            f"{config.get('label_smoothing', float('nan')):.3f}",
-            str(config.get("epochs", "-")),
-            f"{config.get('lr', float('nan')):.2e}",
-            str(config.get("trainable_layers", "-")),
-            _format(trial.user_attrs.get("val_acc")),
-            _format(trial.user_attrs.get("val_ece")),
-            str(trial.user_attrs.get("best_epoch", "-")),
-            f"{trial.user_attrs.get('train_seconds', 0.0):.1f}",
-        )
-    return table
 
 
 class SeedRunProgress(_LiveBar):
@@ -117,9 +93,9 @@ class SeedRunProgress(_LiveBar):
         self.progress.update(self.task, now=now)
 
     def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        reason = trial.user_attrs.get("fail_reason")
+        reason = trial.user_attrs.get(FAIL_REASON_ATTR)
         # A seed-run that failed for a reason (a NaN loss) is settled: it is not retried.
-        settled = trial.state == TrialState.FAIL and reason and "config" in trial.user_attrs
+        settled = trial.state == TrialState.FAIL and reason and CONFIG_ATTR in trial.user_attrs
         if settled:
             self.progress.console.print(f"trial {trial.number} failed: {reason}", highlight=False)
         if trial.state == TrialState.COMPLETE or settled:
