@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lsearch.api.common import at_least
 from lsearch.api.results import TableData
 from lsearch.api.studyfile import Overrides, load_with_texts
 
@@ -112,6 +113,7 @@ def bench_speed(
     """
     from lsearch.bench import speed as measuring
 
+    at_least("--epochs", epochs, 1)
     spec, chosen = _spec_on_device(study, overrides, device)
     if console is not None:
         console.print(
@@ -139,9 +141,9 @@ def bench_pruning(
     from lsearch.bench.pruning import describe_run, measure_pruning
     from lsearch.training.devices import describe_device
 
+    at_least("--trials", trials, 1)
+    at_least("--sampler-seeds", sampler_seeds, 1)
     spec, chosen = _spec_on_device(study, overrides, device)
-    if trials < 1 or sampler_seeds < 1:
-        return measure_pruning(spec, chosen, trials, sampler_seeds)  # the one-line error
     quiet_libraries()
     show = console.print if console is not None else (lambda *a, **k: None)
     show(

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lsearch.errors import UserError
 from lsearch.spec import StudySpec
 
 TEST_SEEDS = 5  # new seeds each search's chosen configuration is measured on
@@ -88,11 +87,10 @@ def measure_pruning(
     on_run: Callable[[Any], None] | None = None,
 ) -> PruningResult:
     """Run `sampler_seeds` searches of `trials` trials with the study's pruner and as many
-    with none (in memory), calling `on_run` after each, and summarise them."""
+    with none (in memory), calling `on_run` after each, and summarise them (both counts at
+    least 1: lsearch.api checks them)."""
     from lsearch.bench.speed import bench_search, summarise_search
 
-    if trials < 1 or sampler_seeds < 1:
-        raise UserError("--trials and --sampler-seeds must be at least 1")
     runs = bench_search(spec, device, trials, sampler_seeds, on_run or (lambda run: None),
                         TEST_SEEDS)  # fmt: skip
     return PruningResult(spec.name, trials, sampler_seeds, runs, summarise_search(runs))
