@@ -58,6 +58,7 @@ def show_level(metric: str, summary: dict[str, Any]) -> str:
 
 
 def show_interval(metric: str, interval: dict[str, float] | None) -> str:
+    """A difference's interval, signed, in the metric's units: `[+0.12 pp, +1.30 pp]`."""
     if interval is None:
         return "[n/a]"
     return f"[{show(metric, interval['low'], True)}, {show(metric, interval['high'], True)}]"

@@ -28,6 +28,7 @@ class Check:
             raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
 
     def to_json(self) -> dict[str, Any]:
+        """What `lsearch doctor --json` prints for this check: its figures, name, verdict."""
         return {**self.figures, "name": self.name, "status": self.status, "detail": self.detail}
 
 
