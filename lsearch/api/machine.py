@@ -158,7 +158,7 @@ def bench_pruning(
 
 @dataclass(frozen=True)
 class Checkup:
-    """The checks of `lsearch doctor` (`doctor.Check`: name, status ok/warn/fail, detail)."""
+    """The checks of `lsearch doctor` (`lsearch.checks.Check`: name, status, detail)."""
 
     study: str
     checks: list[Any]
