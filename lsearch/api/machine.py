@@ -136,7 +136,8 @@ def bench_pruning(
 ) -> PruningResult:
     """Run the study's search with its pruner and with none over ``sampler_seeds`` sampler
     seeds, in memory, and compare the work, the best values and the chosen configurations on
-    the test set (``lsearch bench --search``); each search's line goes to ``console``."""
+    the test set (``lsearch bench --search``); each search's line goes to ``console``. (No
+    example here: even a small one runs for a minute.)"""
     from lsearch.api.common import quiet_libraries
     from lsearch.bench.pruning import describe_run, measure_pruning
     from lsearch.training.devices import describe_device
@@ -194,7 +195,14 @@ def doctor(
 ) -> Checkup:
     """Check this machine before a long search (``lsearch doctor``): torch and CUDA, each
     GPU and its precision, the storage, the study's data and weights, and with ``train`` one
-    synthetic training epoch. Changes nothing."""
+    synthetic training epoch. Changes nothing.
+
+    >>> import lsearch, tempfile
+    >>> url = f"sqlite:///{tempfile.mkdtemp()}/lsearch.db"
+    >>> checkup = lsearch.doctor("digits", storage=url, device="cpu", train=False)
+    >>> [check.name for check in checkup.checks][:2], sorted(checkup.to_dict())
+    (['torch', 'device'], ['checks', 'ok'])
+    """
     import logging
 
     from lsearch import checks as checkup

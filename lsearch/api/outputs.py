@@ -75,7 +75,19 @@ class Export:
 def export(study: str | None = None, storage: str | None = None, fmt: str | None = None) -> Export:
     """Export a study (``lsearch export``): parameters, seed and every per-seed metric, one
     row per trial and seed, as ``fmt`` "csv" or "json" text (columns: see
-    lsearch/outputs/export.py); ``write(path)`` writes it atomically."""
+    lsearch/outputs/export.py); ``lsearch.api.write_atomic`` writes it to a file.
+
+    >>> import lsearch, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> url = f"sqlite:///{folder}/lsearch.db"
+    >>> tiny = {"space.epochs": {"low": 1, "high": 2}, "seeds": [0, 1],
+    ...         "data.train_per_class": 20, "data.val_per_class": 20,
+    ...         "checkpoint.location": f"{folder}/artifacts"}
+    >>> _ = lsearch.run("digits", tiny, storage=url, trials=2, device="cpu")
+    >>> exported = lsearch.export(storage=url, fmt="csv")
+    >>> exported.rows, exported.text.splitlines()[0].split(",")[:3]
+    (4, ['study', 'trial', 'state'])
+    """
     from lsearch.outputs.export import check_format, export_rows, render
     from lsearch.outputs.results import pick_study
     from lsearch.store.storage import open_storage, resolve_url

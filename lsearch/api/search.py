@@ -214,7 +214,7 @@ def status(storage: str | None = None, study: str | None = None) -> StatusReport
     best value and kept checkpoints: what ``lsearch status`` prints.
 
     >>> import lsearch, tempfile
-    >>> lsearch.status(f"sqlite:///{tempfile.mkdtemp()}/none.db")
+    >>> lsearch.status(f"sqlite:///{tempfile.mkdtemp()}/none.db")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     lsearch.errors.UserError: no study database at ...
     """
@@ -232,7 +232,20 @@ def status(storage: str | None = None, study: str | None = None) -> StatusReport
 
 def best(study: str | None = None, storage: str | None = None) -> BestTrials:
     """The best trial of a search (the Pareto front if multi-objective), with its
-    parameters and metrics: what ``lsearch best`` prints; ``to_dict()`` is its ``--json``."""
+    parameters and metrics: what ``lsearch best`` prints; ``to_dict()`` is its ``--json``.
+
+    >>> import lsearch, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> url = f"sqlite:///{folder}/lsearch.db"
+    >>> tiny = {"space.epochs": {"low": 1, "high": 2}, "seeds": [0, 1],
+    ...         "data.train_per_class": 20, "data.val_per_class": 20,
+    ...         "checkpoint.location": f"{folder}/artifacts"}
+    >>> study = lsearch.run("digits", tiny, storage=url, trials=2, device="cpu")
+    >>> lsearch.best(storage=url).to_dict()["best"]["number"] == study.best_trial.number
+    True
+    >>> [row[:4] for row in lsearch.status(url).table().rows]
+    [['digits', 'search', 'maximize', '2']]
+    """
     from lsearch.outputs.results import best_trials, pick_study, trial_summary
     from lsearch.store.storage import open_storage, resolve_url
 
