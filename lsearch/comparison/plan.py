@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.analysis.verdict import describe
 from lsearch.search.objective import TrialConfig
-from lsearch.store.catalog import FAIL_REASON_ATTR, OUT_OF_MEMORY_ATTR
+from lsearch.store.catalog import CONFIG_ATTR, FAIL_REASON_ATTR, OUT_OF_MEMORY_ATTR, SEEDS_RUN_ATTR
 
 if TYPE_CHECKING:
     from lsearch.comparison.request import Request
@@ -89,8 +89,8 @@ def collect(trials: Sequence[FrozenTrial], constant_schedule: bool) -> dict[Key,
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.state != TrialState.COMPLETE or "held_out" not in trial.user_attrs:
             continue
-        config = trial.user_attrs["config"]
-        seed = trial.user_attrs["seeds"][0]
+        config = trial.user_attrs[CONFIG_ATTR]
+        seed = trial.user_attrs[SEEDS_RUN_ATTR][0]
         for count_text, results in trial.user_attrs["held_out"].items():
             count = int(count_text)
             if count != config["epochs"] and not constant_schedule:
@@ -107,8 +107,8 @@ def trial_key(trial: FrozenTrial) -> Key | None:
     if "seed" in trial.params:
         return key_of(trial.params, int(trial.params["seed"]))
     attrs = trial.user_attrs
-    if "config" in attrs and attrs.get("seeds"):
-        return key_of(attrs["config"], attrs["seeds"][0])
+    if CONFIG_ATTR in attrs and attrs.get(SEEDS_RUN_ATTR):
+        return key_of(attrs[CONFIG_ATTR], attrs[SEEDS_RUN_ATTR][0])
     return None
 
 

@@ -20,7 +20,7 @@ from lsearch.comparison.plan import Cell, build_cells, fresh_seeds
 from lsearch.errors import UserError
 from lsearch.search.objective import TrialConfig
 from lsearch.spec import SEARCH_PARAMS, StudySpec
-from lsearch.store.catalog import SPEC_ATTR, find_study, is_comparison, pick_study
+from lsearch.store.catalog import CONFIG_ATTR, SPEC_ATTR, find_study, is_comparison, pick_study
 
 # The metrics a comparison reports by default, and every one it can report.
 DEFAULT_METRICS = ("val_acc", "val_ece", "test_acc", "test_ece", "test_ece_ts", "test_nll")
@@ -244,7 +244,7 @@ def comparison_request(
     if from_best:
         assert storage is not None, "--from-best reads the search from the storage"
         trial = _chosen_trial(_search_study(storage, spec.name, spec), None)
-        base = TrialConfig(**trial.user_attrs["config"])
+        base = TrialConfig(**trial.user_attrs[CONFIG_ATTR])
         seeds = parse_seeds(seeds_text) if seeds_text else _default_seeds(spec)
         notes += (
             f"parameters outside the grid from the best trial {trial.number} of '{spec.name}'",
@@ -290,7 +290,7 @@ def evaluation_request(
     return Request(
         spec=spec,
         grid={},
-        base=TrialConfig(**trial.user_attrs["config"]),
+        base=TrialConfig(**trial.user_attrs[CONFIG_ATTR]),
         seeds=seeds,
         metrics=check_metrics(metrics),
         search_study=search.study_name,

@@ -19,11 +19,13 @@ from lsearch.search.objective import TrialConfig
 from lsearch.spec import StudySpec
 from lsearch.store.catalog import (
     BASE_ATTR,
+    CONFIG_ATTR,
     FINISHED,
     GRID_ATTR,
     METRICS_ATTR,
     SEARCH_STUDY_ATTR,
     SEEDS_ATTR,
+    SEEDS_RUN_ATTR,
     SPEC_ATTR,
     TEST_COUNT_ATTR,
     comparisons_of,
@@ -60,7 +62,7 @@ def seconds_per_seed_epoch(url: str, request: Request) -> float | None:
             attrs = trial.user_attrs
             if "train_seconds" in attrs and attrs.get("epochs_trained"):
                 seconds += attrs["train_seconds"]
-                epochs += attrs["epochs_trained"] * len(attrs.get("seeds", [0]))
+                epochs += attrs["epochs_trained"] * len(attrs.get(SEEDS_RUN_ATTR, [0]))
     return seconds / epochs if epochs else None
 
 
@@ -172,7 +174,7 @@ def record_test_use(
     for summary in comparisons_of(storage, request.search_study):
         other = optuna.load_study(study_name=summary.study_name, storage=storage)
         for trial in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            config = trial.user_attrs.get("config")
+            config = trial.user_attrs.get(CONFIG_ATTR)
             if config is not None:
                 for count in trial.user_attrs.get("held_out", {}):
                     configs.add(key_of({**config, "epochs": int(count)}, 0)[:4])

@@ -40,7 +40,13 @@ from lsearch.search.resume import resume_trial
 from lsearch.search.study import check_new
 from lsearch.search.trial_progress import TrialProgress, mean_of
 from lsearch.spec import Param, Space, StudySpec
-from lsearch.store.catalog import FAIL_REASON_ATTR
+from lsearch.store.catalog import (
+    CHOSEN_EPOCH_ATTR,
+    CONFIG_ATTR,
+    EPOCHS_RUN_ATTR,
+    FAIL_REASON_ATTR,
+    SEEDS_RUN_ATTR,
+)
 from lsearch.store.storage import is_transient
 from lsearch.training import metrics
 from lsearch.training.data import ImagePool, Split, TestSet, split_for_seed
@@ -191,8 +197,8 @@ class SearchObjective:
         from this one, exact under a constant learning rate); the attr `held_out` maps each
         of those epoch counts to its results.
         """
-        trial.set_user_attr("config", asdict(config))
-        trial.set_user_attr("seeds", list(seeds))
+        trial.set_user_attr(CONFIG_ATTR, asdict(config))
+        trial.set_user_attr(SEEDS_RUN_ATTR, list(seeds))
         trial.set_user_attr("chosen_by", "val_acc")
         trial.set_user_attr("device", describe_device(self.device))
         if self.cores is not None:
@@ -317,7 +323,7 @@ class SearchObjective:
                     test_logits, test_set.labels, val_logits[index], run.split.val_labels
                 )
             )
-        results: dict[str, Any] = {"chosen_epoch": chosen, "epochs_run": epoch}
+        results: dict[str, Any] = {CHOSEN_EPOCH_ATTR: chosen, EPOCHS_RUN_ATTR: epoch}
         for name in ("val_acc", "val_ece", "val_nll"):
             field_name = "val_loss" if name == "val_nll" else name
             results[f"{name}_per_seed"] = [
@@ -346,7 +352,7 @@ class SearchObjective:
         final = self.spec.objective.select_epoch == "final"
         logits = progress.last_logits if final else progress.best_logits
         at_chosen = [curve[chosen - 1] for curve in history]
-        labels = [self.split(seed).val_labels for seed in trial.user_attrs["seeds"]]
+        labels = [self.split(seed).val_labels for seed in trial.user_attrs[SEEDS_RUN_ATTR]]
         temperatures = [
             metrics.fit_temperature(lg, lb) for lg, lb in zip(logits, labels, strict=True)
         ]
@@ -363,8 +369,8 @@ class SearchObjective:
             "temperature_per_seed": temperatures,
             "val_ece_temperature_scaled_per_seed": scaled_ece,
             "best_epoch": progress.best_epoch,
-            "chosen_epoch": chosen,
-            "epochs_run": epochs_run,
+            CHOSEN_EPOCH_ATTR: chosen,
+            EPOCHS_RUN_ATTR: epochs_run,
             "epochs_trained": epochs_run - first_epoch + 1,
             "pruned_at_epoch": pruned_at,
             "train_seconds": time.perf_counter() - started,
