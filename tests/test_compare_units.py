@@ -956,3 +956,23 @@ def test_a_comparison_s_schedule_trains_waits_and_stops_as_its_seed_runs_stand()
     twice = [_seed_run(1, TrialState.FAIL, **oom), _seed_run(1, TrialState.FAIL, **oom)]
     assert schedule.next_step([done, *_numbered(*twice)]) is Step.STOP
     assert schedule.done_after(optuna.create_study(), done) is False
+
+
+def test_workers_choosing_at_the_same_moment_claim_different_seed_runs() -> None:
+    """Two trials asked for at the same moment, neither with a seed-run yet: the later one
+    takes the next free seed-run, not the one the earlier is taking; a seed-run started,
+    complete or failed for a reason is never claimed again."""
+    from lsearch.comparison import NothingLeft, SeedRunObjective
+
+    plans = [Plan(TrialConfig(0.1, 20, 3e-4, 3), seed, ()) for seed in (0, 1, 2)]
+    study = optuna.create_study()
+    study.add_trial(_seed_run(0, TrialState.COMPLETE))
+    study.add_trial(create_trial(state=TrialState.RUNNING))  # 1: still choosing
+    study.add_trial(create_trial(state=TrialState.RUNNING))  # 2: still choosing
+    objective = SeedRunObjective(None, None, plans)  # type: ignore[arg-type]
+    assert objective.next_plan(study, 1).seed == 1
+    assert objective.next_plan(study, 2).seed == 2
+    study.add_trial(_seed_run(1, TrialState.RUNNING))
+    study.add_trial(_seed_run(2, TrialState.FAIL, fail_reason="ValueError: poison"))
+    with pytest.raises(NothingLeft):
+        objective.next_plan(study, 5)

@@ -22,6 +22,7 @@ from lsearch.errors import UserError
 from lsearch.search.loop import Liveness, Step, run_trials
 from lsearch.search.objective import SearchObjective, TrialConfig
 from lsearch.search.study import produced_by
+from lsearch.search.workers import picking_rank
 from lsearch.spec import StudySpec
 from lsearch.store.catalog import (
     COMPARISON,
@@ -90,14 +91,16 @@ def _started_key(trial: FrozenTrial) -> Key | None:
 class SeedRunObjective:
     """The objective of a comparison trial: it claims a pending seed-run that no other
     worker has started and trains it, with test metrics. A retried trial (its worker died)
-    arrives with its params and resumes its checkpoint."""
+    arrives with its params and resumes its checkpoint. Workers that ask at the same moment
+    take different seed-runs by their picking rank (search.workers.picking_rank), shifted by
+    `worker_index` (0 for every worker since lsearch keeps no registry of workers)."""
 
     def __init__(
         self,
         objective: SearchObjective,
         test_set: TestSet,
         plans: Sequence[Plan],
-        worker_index: int,
+        worker_index: int = 0,
     ) -> None:
         self.objective = objective
         self.test_set = test_set
@@ -122,8 +125,9 @@ class SeedRunObjective:
         free = [plan for plan in self.plans if plan.key not in taken]
         if not free:
             raise NothingLeft("another worker started the last seed-run first; nothing trained")
-        # Workers start at different places in the list, so that they rarely pick the same.
-        return free[self.worker_index % len(free)]
+        # Workers choosing at the same moment take different places in the list.
+        rank = picking_rank(trials, own_number)
+        return free[(self.worker_index + rank) % len(free)]
 
     def _plan(self, trial: optuna.Trial) -> Plan:
         if trial.params:  # a retry of a trial whose worker died
