@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
-from lsearch.search.objective import TrialProgress
+from lsearch.search.trial_progress import TrialProgress
 from lsearch.spec import Objective, StudySpec
 from lsearch.store.catalog import SPEC_ATTR
 from lsearch.store.storage import open_storage, resolve_url

@@ -19,14 +19,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from lsearch import interrupts
-from lsearch.outputs.results import lsearch_studies
 from lsearch.search.liveness import HEARTBEAT_ATTR, StaleTrialSweeper
 from lsearch.search.loop import run_one
-from lsearch.search.study import DuplicateConfiguration, check_new, open_study, register_worker
+from lsearch.search.study import DuplicateConfiguration, check_new, open_study
 from lsearch.spec import StudySpec
 from lsearch.store import storage as storage_module
 from lsearch.store.catalog import TOKEN_ATTR, WORKERS_STUDY
-from lsearch.store.storage import ResilientStorage
+from lsearch.store.catalog import user_studies as lsearch_studies
+from lsearch.store.resilient import ResilientStorage
 
 
 def lost_connection() -> OperationalError:
@@ -364,7 +364,6 @@ def test_opening_a_study_adds_no_other_study_and_old_registries_stay_hidden() ->
     inner = InMemoryStorage()
     optuna.create_study(storage=inner, study_name=WORKERS_STUDY)  # as 0.1.0 left it
     storage = ResilientStorage(inner)
-    assert register_worker(storage, "a") == 0
     open_study(StudySpec(name="a"), storage)
     assert [s.study_name for s in lsearch_studies(storage)] == ["a"]
     assert optuna.load_study(study_name=None, storage=storage).study_name == "a"

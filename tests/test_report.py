@@ -155,7 +155,7 @@ def test_a_report_of_a_running_study_says_so(reported: Path, tmp_path: Path) -> 
 
 
 def test_binned_means_leave_empty_cells_empty() -> None:
-    from lsearch.outputs.html_report import binned_means
+    from lsearch.outputs.figures import binned_means
 
     # Points at (0, 5) -> cell (row 0, col 0); two at (0.3, 20) -> the top right cell.
     x_edges, y_edges, z = binned_means([0, 0.3, 0.3], [5, 20, 20], [50, 90, 100], bins=2)

@@ -305,7 +305,7 @@ def test_the_pruning_signal_script_ranks_the_pruner_s_view_against_the_final_val
 
     from optuna.trial import create_trial
 
-    from lsearch.search.objective import TrialProgress
+    from lsearch.search.trial_progress import TrialProgress
     from lsearch.spec import Objective
 
     path = Path(__file__).parent.parent / "scripts" / "pruning_signal.py"

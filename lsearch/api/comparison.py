@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from lsearch.api.common import at_least, quiet_libraries, silent, worker_args
 from lsearch.api.results import ComparisonPlan, ComparisonResult, PlannedRun
-from lsearch.api.search import worker_number
 from lsearch.api.studyfile import Overrides, load_with_texts
 from lsearch.errors import UserError
 
@@ -161,7 +160,7 @@ def _train(job: Job, opened: tuple[Any, Any, Any], data: tuple[Any, ...], consol
     from lsearch.search.workers import start_workers, wait_for
     from lsearch.store.storage import mask_url
 
-    request, (storage, found, liveness), (device, pool, test_set, cores) = job.request, opened, data
+    request, (_, found, liveness), (device, pool, test_set, cores) = job.request, opened, data
     for note in request.notes:
         console.print(note, highlight=False, markup=False)
     total = len(comparison.pending_plans(request, found))
@@ -177,9 +176,8 @@ def _train(job: Job, opened: tuple[Any, Any, Any], data: tuple[Any, ...], consol
             if any(codes):
                 console.print(f"worker exit codes: {codes}")
         else:
-            index = worker_number(storage, request.name)
             comparison.train_pending(
-                request, found, (pool, test_set), device, liveness, index, progress, cores
+                request, found, (pool, test_set), device, liveness, progress, cores
             )
 
 

@@ -44,7 +44,7 @@ def report(
     """
     from lsearch.outputs import html_report
     from lsearch.outputs.export import write_atomic
-    from lsearch.outputs.results import pick_study
+    from lsearch.store.catalog import pick_study
     from lsearch.store.storage import open_storage, resolve_url
 
     if image_format not in ("html", "png", "svg"):
@@ -89,7 +89,7 @@ def export(study: str | None = None, storage: str | None = None, fmt: str | None
     (4, ['study', 'trial', 'state'])
     """
     from lsearch.outputs.export import check_format, export_rows, render
-    from lsearch.outputs.results import pick_study
+    from lsearch.store.catalog import pick_study
     from lsearch.store.storage import open_storage, resolve_url
 
     fmt = check_format(fmt)

@@ -154,7 +154,7 @@ class ComparisonPlan:
 
     def lines(self) -> list[str]:
         """The seeds, the work left with its estimated time, and each pending seed-run."""
-        from lsearch.comparison.compare import describe
+        from lsearch.analysis.verdict import describe
 
         epochs = sum(run.config["epochs"] for run in self.pending)
         per_epoch = self.seconds_per_seed_epoch

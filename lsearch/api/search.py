@@ -4,10 +4,16 @@ the studies of a storage back (status, best trials)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lsearch.api.common import at_least, interrupt_message, positive, quiet_libraries, silent
-from lsearch.api.common import worker_args as worker_args
+from lsearch.api.common import (
+    at_least,
+    interrupt_message,
+    positive,
+    quiet_libraries,
+    silent,
+    worker_args,
+)
 from lsearch.api.results import BestTrials, StatusReport
 from lsearch.api.studyfile import Overrides, load_with_texts
 from lsearch.errors import UserError
@@ -18,37 +24,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from lsearch.search.launch import Prepared
-    from lsearch.spec import StudySpec
-
-
-def worker_number(storage: Any, study_name: str) -> int:
-    """This process's number among the workers of a comparison (the one call of
-    `register_worker`; 0 where workers need no number)."""
-    from lsearch.search.study import register_worker
-
-    return register_worker(storage, study_name)
-
-
-def open_search(
-    spec: StudySpec,
-    url: str,
-    device_name: str,
-    name: str | None = None,
-    trains: bool = True,
-    threads: int | None = None,
-) -> Prepared:
-    """Check every input a user can get wrong (device, model, weights, data), then open the
-    storage and the study. `trains=False` (a process that only starts and watches workers)
-    checks the device but claims no GPU and keeps the data off it."""
-    from lsearch.search.launch import Prepared, check_and_load, open_checkpoints, open_spec_storage
-    from lsearch.search.study import open_study
-    from lsearch.training.devices import describe_device
-
-    device, pool, cores = check_and_load(spec, device_name, trains, threads)
-    checkpoints = open_checkpoints(spec)
-    storage, liveness = open_spec_storage(spec, url, checkpoints)
-    study = open_study(spec, storage, name, device=describe_device(device))
-    return Prepared(spec, device, pool, cores, study, checkpoints, liveness)
 
 
 def run(
@@ -87,6 +62,7 @@ def run(
     >>> study.study_name, len(study.trials), sorted(study.best_trial.user_attrs["config"])
     ('digits', 2, ['epochs', 'label_smoothing', 'lr', 'trainable_layers'])
     """
+    from lsearch.search.launch import prepare_search
     from lsearch.store.storage import resolve_url
     from lsearch.training.devices import parse_gpus, worker_device
 
@@ -110,7 +86,7 @@ def run(
             name=name, threads=threads, heartbeat_interval=heartbeat_interval,
             grace_period=grace_period, artifacts=artifacts,
         )  # fmt: skip
-    prepared = open_search(spec, url, device, name, args is None, threads)
+    prepared = prepare_search(spec, url, device, name, args is None, threads)
     console = console or silent()
     try:
         _search(prepared, url, trials, timeout, (workers, gpu_list, args), console)
@@ -218,7 +194,8 @@ def status(storage: str | None = None, study: str | None = None) -> StatusReport
     Traceback (most recent call last):
     lsearch.errors.UserError: no study database at ...
     """
-    from lsearch.outputs.results import pick_study, study_rows
+    from lsearch.outputs.results import study_rows
+    from lsearch.store.catalog import pick_study
     from lsearch.store.storage import mask_url, open_storage, resolve_url
 
     quiet_libraries()
@@ -246,7 +223,8 @@ def best(study: str | None = None, storage: str | None = None) -> BestTrials:
     >>> [row[:4] for row in lsearch.status(url).table().rows]
     [['digits', 'search', 'maximize', '2']]
     """
-    from lsearch.outputs.results import best_trials, pick_study, trial_summary
+    from lsearch.outputs.results import best_trials, trial_summary
+    from lsearch.store.catalog import pick_study
     from lsearch.store.storage import open_storage, resolve_url
 
     quiet_libraries()

@@ -89,7 +89,7 @@ def measure_pruning(
     """Run `sampler_seeds` searches of `trials` trials with the study's pruner and as many
     with none (in memory), calling `on_run` after each, and summarise them (both counts at
     least 1: lsearch.api checks them)."""
-    from lsearch.bench.speed import bench_search, summarise_search
+    from lsearch.bench.search_runs import bench_search, summarise_search
 
     runs = bench_search(spec, device, trials, sampler_seeds, on_run or (lambda run: None),
                         TEST_SEEDS)  # fmt: skip

@@ -21,26 +21,16 @@ from typing import Any
 
 import torch
 
-from lsearch.bench.baseline import baseline_datasets as baseline_datasets
-from lsearch.bench.baseline import baseline_loader_options as baseline_loader_options
-from lsearch.bench.baseline import baseline_precision as baseline_precision
-from lsearch.bench.baseline import measure_baseline
-from lsearch.bench.memory import TrialMemory as TrialMemory
-from lsearch.bench.memory import measure_trial_memory
-from lsearch.bench.memory import read_trial_memory as read_trial_memory
-from lsearch.bench.search_runs import SearchRun as SearchRun
-from lsearch.bench.search_runs import bench_search as bench_search
-from lsearch.bench.search_runs import run_search as run_search
-from lsearch.bench.search_runs import summarise_search as summarise_search
-from lsearch.bench.timing import Speed as Speed
-from lsearch.bench.timing import speed_of, timed_epochs
-from lsearch.bench.workload import bench_data as bench_data
-from lsearch.bench.workload import synthetic_pool as synthetic_pool
-from lsearch.bench.workload import trial_model
+from lsearch.bench.baseline import (
+    measure_baseline,
+)
+from lsearch.bench.memory import TrialMemory, measure_trial_memory
+from lsearch.bench.timing import Speed, speed_of, timed_epochs
+from lsearch.bench.workload import bench_data, trial_model
 from lsearch.errors import UserError
 from lsearch.spec import StudySpec
 from lsearch.training.data import ImagePool, Split, split_for_seed
-from lsearch.training.devices import describe_device as describe_device
+from lsearch.training.devices import describe_device
 from lsearch.training.seed_run import FeatureCache, SeedRun, start_seed_run
 
 SEARCH_TRIALS = 100

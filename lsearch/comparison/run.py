@@ -92,20 +92,17 @@ class SeedRunObjective:
     """The objective of a comparison trial: it claims a pending seed-run that no other
     worker has started and trains it, with test metrics. A retried trial (its worker died)
     arrives with its params and resumes its checkpoint. Workers that ask at the same moment
-    take different seed-runs by their picking rank (search.workers.picking_rank), shifted by
-    `worker_index` (0 for every worker since lsearch keeps no registry of workers)."""
+    take different seed-runs by their picking rank (search.workers.picking_rank)."""
 
     def __init__(
         self,
         objective: SearchObjective,
         test_set: TestSet,
         plans: Sequence[Plan],
-        worker_index: int = 0,
     ) -> None:
         self.objective = objective
         self.test_set = test_set
         self.plans = list(plans)
-        self.worker_index = worker_index
 
     @property
     def device(self) -> torch.device:
@@ -127,7 +124,7 @@ class SeedRunObjective:
             raise NothingLeft("another worker started the last seed-run first; nothing trained")
         # Workers choosing at the same moment take different places in the list.
         rank = picking_rank(trials, own_number)
-        return free[(self.worker_index + rank) % len(free)]
+        return free[rank % len(free)]
 
     def _plan(self, trial: optuna.Trial) -> Plan:
         if trial.params:  # a retry of a trial whose worker died
@@ -215,7 +212,6 @@ def train_pending(
     data: tuple[ImagePool, TestSet],
     device: torch.device,
     liveness: Liveness | None,
-    worker_index: int,
     progress: Any,
     cores: CoreShare | None = None,
 ) -> None:
@@ -233,7 +229,7 @@ def train_pending(
     )  # fmt: skip
     run_plans(
         study,
-        SeedRunObjective(objective, test_set, plans, worker_index),
+        SeedRunObjective(objective, test_set, plans),
         liveness,
         callbacks=[progress.on_trial],
         on_wait=progress.poll,

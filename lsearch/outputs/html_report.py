@@ -20,10 +20,12 @@ import optuna
 from optuna.trial import TrialState
 
 from lsearch.errors import UserError
-from lsearch.outputs.figures import binned_means as binned_means
-from lsearch.outputs.sections import Section as Section
-from lsearch.outputs.sections import build_sections as build_sections
-from lsearch.outputs.sections import comparison_section, reliability_section
+from lsearch.outputs.sections import (
+    Section,
+    build_sections,
+    comparison_section,
+    reliability_section,
+)
 from lsearch.store.catalog import FINISHED, study_names
 
 PAGE = """<!DOCTYPE html>

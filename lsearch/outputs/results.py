@@ -22,12 +22,6 @@ from lsearch.store.catalog import (
     user_studies,
 )
 
-# Finding studies is the catalog's job; these names stay importable from here.
-from lsearch.store.catalog import is_comparison as is_comparison
-from lsearch.store.catalog import pick_study as pick_study
-
-lsearch_studies = user_studies  # the studies of a storage, less 0.1.0's registry of workers
-
 
 @dataclass(frozen=True)
 class StudyRow:

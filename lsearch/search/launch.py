@@ -15,9 +15,10 @@ from lsearch.search.checkpoints import Checkpoints, RetryOrDiscardCheckpoint, op
 from lsearch.search.liveness import StaleTrialSweeper
 from lsearch.search.loop import Liveness, liveness_for
 from lsearch.search.study import open_study
-from lsearch.spec import StudySpec, load_spec
+from lsearch.spec import StudySpec
 from lsearch.store.catalog import SPEC_ATTR, user_studies
-from lsearch.store.storage import MAX_RETRY_DELAY_S, open_storage
+from lsearch.store.resilient import MAX_RETRY_DELAY_S
+from lsearch.store.storage import open_storage
 from lsearch.training.data import ImagePool, load_pool
 from lsearch.training.devices import CoreShare, describe_device, resolve_device, set_determinism
 from lsearch.training.models import build_model, layer_group_count
@@ -101,17 +102,16 @@ def open_checkpoints(spec: StudySpec) -> Checkpoints | None:
 
 
 def prepare_search(
-    study_file: str,
-    overrides: list[str],
+    spec: StudySpec,
     storage_url: str,
     device_name: str,
     study_name: str | None = None,
     trains: bool = True,
     threads: int | None = None,
 ) -> Prepared:
-    """Check everything, then open the study. `trains=False` (a process that only starts and
-    watches workers) still checks the device but claims no GPU and keeps the data off it."""
-    spec = load_spec(study_file, overrides)
+    """Check every input a user can get wrong (device, model, weights, data), then open the
+    storage and the study. `trains=False` (a process that only starts and watches workers)
+    checks the device but claims no GPU and keeps the data off it."""
     device, pool, cores = check_and_load(spec, device_name, trains, threads)
     checkpoints = open_checkpoints(spec)
     storage, liveness = open_spec_storage(spec, storage_url, checkpoints)

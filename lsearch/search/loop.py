@@ -27,7 +27,7 @@ from lsearch.errors import UserError, one_line, shorten
 from lsearch.search.liveness import Heartbeat, StaleCallback, StaleTrialSweeper
 from lsearch.search.study import DuplicateConfiguration
 from lsearch.store.catalog import DUPLICATE_ATTR, FAIL_REASON_ATTR, FINISHED, OUT_OF_MEMORY_ATTR
-from lsearch.store.storage import is_transient
+from lsearch.store.resilient import is_transient
 from lsearch.training.seed_run import NonFiniteLossError
 
 log = logging.getLogger("lsearch.search.loop")

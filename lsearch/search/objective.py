@@ -47,7 +47,7 @@ from lsearch.store.catalog import (
     FAIL_REASON_ATTR,
     SEEDS_RUN_ATTR,
 )
-from lsearch.store.storage import is_transient
+from lsearch.store.resilient import is_transient
 from lsearch.training import metrics
 from lsearch.training.data import ImagePool, Split, TestSet, split_for_seed
 from lsearch.training.devices import CoreShare, describe_device
@@ -62,7 +62,7 @@ from lsearch.training.seed_run import (
     start_seed_run,
 )
 
-__all__ = ["EpochCallback", "SearchObjective", "TrialConfig", "TrialProgress", "suggest"]
+__all__ = ["EpochCallback", "SearchObjective", "TrialConfig", "suggest"]
 
 # Called after every epoch: (trial number, epoch, planned epochs, mean objective metric).
 EpochCallback = Callable[[int, int, int, float], None]

@@ -145,14 +145,12 @@ def open_study(
     spec: StudySpec,
     storage: optuna.storages.BaseStorage,
     study_name: str | None = None,
-    worker_index: int | None = None,
     device: str = "cpu",
 ) -> optuna.Study:
     """Create the study, or load it when it exists and was made from the same spec.
     A new study records the versions and the device that made it (`lsearch_produced_by`).
-    Nothing else is created: the storage holds the user's studies only. `worker_index` is
-    ignored (workers need no number any more, see TrialSeeded); pass `device=` by name."""
-    del worker_index
+    Nothing else is created: the storage holds the user's studies only (workers need no
+    number: see TrialSeeded)."""
     name = study_name or spec.name
     directions = spec.objective.directions
     summary = find_study(storage, name)
@@ -216,12 +214,3 @@ def check_new(trial: optuna.Trial) -> None:
             trial.set_user_attr(DUPLICATE_ATTR, other.number)
             trial.set_user_attr(FAIL_REASON_ATTR, f"same configuration as trial {other.number}")
             raise DuplicateConfiguration(f"same configuration as trial {other.number}")
-
-
-def register_worker(storage: optuna.storages.BaseStorage, study_name: str) -> int:
-    """0, and nothing written: lsearch keeps no registry of workers any more (a search's
-    workers draw distinct configurations through TrialSeeded). Kept for the comparison's
-    plan choice until it uses lsearch.search.workers.picking_rank; 0.1.0's registry study
-    in an old storage is left as it is and hidden (catalog.user_studies)."""
-    del storage, study_name
-    return 0

@@ -38,11 +38,6 @@ from lsearch.store.resilient import (
     ResilientStorage,
 )
 
-# The retry on a lost connection lives in lsearch.store.resilient; its names stay importable
-# from here (MAX_RETRY_DELAY_S and ResilientStorage above, too).
-from lsearch.store.resilient import STOP_WRITE_TIMEOUT_S as STOP_WRITE_TIMEOUT_S
-from lsearch.store.resilient import is_transient as is_transient
-
 DEFAULT_STORAGE = "sqlite:///lsearch.db"
 STORAGE_ENV = "LSEARCH_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 120
