@@ -27,7 +27,7 @@ from lsearch.store.storage import open_storage
 from tests.conftest import TINY, run_lsearch
 
 REPO = Path(__file__).resolve().parent.parent
-OLD_DB = REPO / "tests" / "data" / "study-0.1.0.db"
+REGISTRY_DB = REPO / "tests" / "data" / "workers-registry-0.1.0.db"
 OLD_STUDY_FILE = str(REPO / "tests" / "data" / "study-0.1.0.toml")
 
 
@@ -174,17 +174,6 @@ def test_after_lsearch_run_the_storage_holds_only_the_user_s_study_and_runs_repe
     assert len({tuple(sorted(p.items())) for p in params[0]}) == 3
 
 
-def add_registry_of_0_1_0(db: Path) -> None:
-    """What lsearch 0.1.0's register_worker left in every storage it ran on."""
-    registry = optuna.create_study(storage=f"sqlite:///{db}", study_name=catalog.WORKERS_STUDY)
-    registry.set_user_attr(catalog.KIND_ATTR, "workers")  # as the last version marked it
-    trial = registry.ask()
-    trial.set_user_attr("study", "made-by-0.1.0")
-    trial.set_user_attr("host", "old-host")
-    trial.set_user_attr("pid", 4242)
-    registry.tell(trial, 0.0)
-
-
 def listed_by_the_dashboard(url: str) -> list[str]:
     from lsearch.outputs.dashboard import open_dashboard, url_of
 
@@ -202,13 +191,13 @@ def listed_by_the_dashboard(url: str) -> list[str]:
 def test_a_storage_of_0_1_0_keeps_its_registry_hidden_and_its_search_continues(
     tmp_path: Path,
 ) -> None:
+    """tests/data/workers-registry-0.1.0.db was written by the version before this layout
+    (commit a4fee80: `lsearch run --study tests/data/study-0.1.0.toml --trials 3`), which
+    registered its worker in a study `lsearch:workers` of the user's storage."""
     db = tmp_path / "old.db"
-    shutil.copy(OLD_DB, db)
-    if catalog.WORKERS_STUDY not in {
-        s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")
-    }:
-        add_registry_of_0_1_0(db)
+    shutil.copy(REGISTRY_DB, db)
     url = f"sqlite:///{db}"
+    before = optuna.load_study(study_name=catalog.WORKERS_STUDY, storage=url).trials
     storage = ["--storage", url]
     status = run_lsearch("status", *storage, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
@@ -223,16 +212,17 @@ def test_a_storage_of_0_1_0_keeps_its_registry_hidden_and_its_search_continues(
         "made-by-0.1.0"
     )
 
-    result = run_lsearch("run", "--study", OLD_STUDY_FILE, "--trials", "3", *storage, cwd=tmp_path)
+    result = run_lsearch("run", "--study", OLD_STUDY_FILE, "--trials", "5", *storage, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name="made-by-0.1.0", storage=url)
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
     # lsearch deletes nothing of the user's: the registry is there as it was, and no new one.
     registry = optuna.load_study(study_name=catalog.WORKERS_STUDY, storage=url)
-    assert [t.user_attrs["host"] for t in registry.trials] == ["old-host"]
-    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == [
-        "made-by-0.1.0",
+    assert len(before) == 1 and before[0].user_attrs["study"] == "made-by-0.1.0"
+    assert registry.trials == before
+    assert sorted(s.study_name for s in optuna.get_all_study_summaries(url)) == [
         catalog.WORKERS_STUDY,
+        "made-by-0.1.0",
     ]
 
 

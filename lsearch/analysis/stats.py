@@ -15,13 +15,8 @@ This module is the one place to import them from; they live by concept in
 (two configurations: :func:`paired_difference`) and :mod:`lsearch.analysis.design` (power,
 Holm's correction, 2×2 effects).
 
-Floating-point rounding: differences of metric values such as ``0.91 − 0.90`` and
-``0.51 − 0.50`` are not bit-for-bit equal in binary floating point. Values (or differences)
-whose spread is within floating rounding of the inputs, ``8 · eps · max|input|`` with
-``eps`` the float64 machine epsilon, are therefore treated as equal: they count as
-"identical"/"zero variance", and a difference that small counts as a tie. Without this,
-two configurations that differ by exactly one percentage point on every seed would get a
-standard deviation of ``1e-18`` and a t-test p-value of ``1e-30``.
+Values within floating rounding of each other count as equal: the rule is in
+:mod:`lsearch.analysis.summary`.
 """
 
 from __future__ import annotations
