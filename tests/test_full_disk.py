@@ -16,13 +16,8 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from lsearch.search.checkpoints import (
-    CHECKPOINT_ATTR,
-    WARNING_ATTR,
-    Checkpoints,
-    CheckpointWriter,
-    open_artifact_store,
-)
+from lsearch.search.checkpoints import Checkpoints, CheckpointWriter, open_artifact_store
+from lsearch.store.catalog import CHECKPOINT_ATTR, CHECKPOINT_WARNING_ATTR
 from tests.conftest import TINY, run_lsearch
 
 FULL = "No space left on device"
@@ -83,7 +78,7 @@ def test_a_search_whose_checkpoint_disk_is_full_finishes_with_one_warning(
     assert len(trials) == 3
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     for trial in trials:
-        assert trial.user_attrs[WARNING_ATTR] == f"epoch 1: {FULL}: {artifacts}"
+        assert trial.user_attrs[CHECKPOINT_WARNING_ATTR] == f"epoch 1: {FULL}: {artifacts}"
         assert trial.user_attrs.get(CHECKPOINT_ATTR) is None  # none was ever written
         assert trial.user_attrs["epochs_run"] >= 1  # trained on after the failed write
 
@@ -92,7 +87,7 @@ def test_a_search_whose_checkpoint_disk_is_full_finishes_with_one_warning(
     (row,) = [line for line in status.stdout.splitlines() if line.startswith("│ digits ")]
     assert row.split("│")[-2].strip() == "0 !3", "no checkpoint kept; 3 trials warned"
     assert "3 trial(s) of digits could not write a checkpoint" in status.stdout
-    assert WARNING_ATTR in status.stdout and FULL in status.stdout
+    assert CHECKPOINT_WARNING_ATTR in status.stdout and FULL in status.stdout
 
 
 def test_a_failed_write_is_removed_recorded_and_the_next_write_tries_again(
@@ -107,7 +102,7 @@ def test_a_failed_write_is_removed_recorded_and_the_next_write_tries_again(
         writer = CheckpointWriter(checkpoints, trial, every_s=0, written_epoch=0)
         writer.epoch_done(1, state)
         writer.wait()  # the write failed: a warning on the trial, no exception
-        assert trial.user_attrs[WARNING_ATTR].startswith(f"epoch 1: {FULL}")
+        assert trial.user_attrs[CHECKPOINT_WARNING_ATTR].startswith(f"epoch 1: {FULL}")
         assert trial.user_attrs.get(CHECKPOINT_ATTR) is None
         assert everything_in(disk / "artifacts") == [], "the part written is removed"
 
