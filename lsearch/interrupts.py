@@ -97,8 +97,8 @@ def hand_back(study: optuna.Study, trial_id: int) -> int | None:
     path re-queues a dead worker's trial; the retry's number, or None when there was nothing
     to hand back (the trial had finished, or another worker had failed it as stale).
 
-    During an outage each write here waits at most storage.STOP_WRITE_TIMEOUT_S, since a stop
-    has been requested: a worker always stops."""
+    During an outage each write here waits at most STOP_WRITE_TIMEOUT_S (store.resilient),
+    since a stop has been requested: a worker always stops."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState

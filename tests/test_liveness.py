@@ -23,6 +23,7 @@ from lsearch.search.liveness import HEARTBEAT_ATTR, StaleTrialSweeper
 from lsearch.search.loop import run_one
 from lsearch.search.study import DuplicateConfiguration, check_new, open_study
 from lsearch.spec import StudySpec
+from lsearch.store import resilient as resilient_module
 from lsearch.store import storage as storage_module
 from lsearch.store.catalog import TOKEN_ATTR, WORKERS_STUDY
 from lsearch.store.catalog import user_studies as lsearch_studies
@@ -151,7 +152,7 @@ def test_a_lost_database_is_waited_for_up_to_the_reconnect_window(no_sleep: list
     store = ResilientStorage(Down(), reconnect_timeout=30)  # type: ignore[arg-type]
     with pytest.raises(OperationalError):
         store.get_all_studies()
-    assert 30 <= no_sleep[0] <= 30 + storage_module.MAX_RETRY_DELAY_S
+    assert 30 <= no_sleep[0] <= 30 + resilient_module.MAX_RETRY_DELAY_S
 
 
 def test_a_stopping_worker_waits_only_the_short_stop_deadline(no_sleep: list[float]) -> None:
@@ -159,7 +160,7 @@ def test_a_stopping_worker_waits_only_the_short_stop_deadline(no_sleep: list[flo
     interrupts.request("SIGTERM")
     with pytest.raises(OperationalError):
         store.set_trial_state_values(1, TrialState.FAIL)
-    assert no_sleep[0] <= storage_module.STOP_WRITE_TIMEOUT_S + storage_module.MAX_RETRY_DELAY_S
+    assert no_sleep[0] <= resilient_module.STOP_WRITE_TIMEOUT_S + resilient_module.MAX_RETRY_DELAY_S
 
 
 def test_a_bad_query_is_not_retried() -> None:
@@ -330,7 +331,7 @@ def test_a_hand_back_during_an_outage_gives_up_and_the_worker_still_stops(
     with pytest.raises(interrupts.Interrupted) as raised:
         run_one(study, objective, [], ())
     assert raised.value.handed_back_as is None
-    assert no_sleep[0] <= storage_module.STOP_WRITE_TIMEOUT_S + storage_module.MAX_RETRY_DELAY_S
+    assert no_sleep[0] <= resilient_module.STOP_WRITE_TIMEOUT_S + resilient_module.MAX_RETRY_DELAY_S
 
 
 def test_a_configuration_the_study_holds_is_refused_but_a_retry_is_not() -> None:

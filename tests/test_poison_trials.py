@@ -303,7 +303,7 @@ def test_a_comparison_retries_an_out_of_memory_seed_run_once() -> None:
 
     plans = [Plan(config, seed, ()) for seed in range(4)]
     study = optuna.create_study(direction="maximize")
-    run_plans(study, SeedRunObjective(fake, None, plans, 0), liveness=None)  # type: ignore[arg-type]
+    run_plans(study, SeedRunObjective(fake, None, plans), liveness=None)  # type: ignore[arg-type]
     assert fake.calls == {0: 2, 1: 2, 2: 1, 3: 1}
     by_seed: dict[int, list[TrialState]] = {}
     for trial in study.trials:
