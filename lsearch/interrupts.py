@@ -103,6 +103,8 @@ def hand_back(study: optuna.Study, trial_id: int) -> int | None:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
+    from lsearch.store.catalog import RETRIED_FROM_SYSTEM_ATTR
+
     storage = study._storage
     try:
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
@@ -113,6 +115,6 @@ def hand_back(study: optuna.Study, trial_id: int) -> int | None:
         study, frozen
     )
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if trial.system_attrs.get("failed_trial") == frozen.number:
+        if trial.system_attrs.get(RETRIED_FROM_SYSTEM_ATTR) == frozen.number:
             return trial.number
     return None

@@ -54,6 +54,7 @@ def run_search(
     from lsearch.search.loop import run_until
     from lsearch.search.objective import SearchObjective, TrialConfig
     from lsearch.search.study import build_pruner, build_sampler
+    from lsearch.store.catalog import CONFIG_ATTR, EPOCHS_TRAINED_ATTR, SEEDS_RUN_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if not prune:
@@ -68,10 +69,10 @@ def run_search(
     wall = time.perf_counter() - started
     finished = study.get_trials(deepcopy=False)
     seed_epochs = sum(
-        int(t.user_attrs.get("epochs_trained", 0)) * len(t.user_attrs.get("seeds", []))
+        int(t.user_attrs.get(EPOCHS_TRAINED_ATTR, 0)) * len(t.user_attrs.get(SEEDS_RUN_ATTR, []))
         for t in finished
     )
-    best_config = study.best_trial.user_attrs["config"]
+    best_config = study.best_trial.user_attrs[CONFIG_ATTR]
     test_set, seeds = held_out
     attrs = SearchObjective(spec, pool, device).train(
         study.ask(), TrialConfig(**best_config), seeds, prunes=False, test_set=test_set

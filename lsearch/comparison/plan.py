@@ -19,7 +19,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.analysis.verdict import describe
 from lsearch.search.objective import TrialConfig
-from lsearch.store.catalog import CONFIG_ATTR, FAIL_REASON_ATTR, OUT_OF_MEMORY_ATTR, SEEDS_RUN_ATTR
+from lsearch.store.catalog import (
+    CONFIG_ATTR,
+    FAIL_REASON_ATTR,
+    HELD_OUT_ATTR,
+    OUT_OF_MEMORY_ATTR,
+    SEEDS_RUN_ATTR,
+)
 
 if TYPE_CHECKING:
     from lsearch.comparison.request import Request
@@ -91,7 +97,7 @@ def collect(trials: Sequence[FrozenTrial], constant_schedule: bool) -> dict[Key,
             continue
         config = trial.user_attrs[CONFIG_ATTR]
         seed = trial.user_attrs[SEEDS_RUN_ATTR][0]
-        for count_text, results in trial.user_attrs["held_out"].items():
+        for count_text, results in trial.user_attrs[HELD_OUT_ATTR].items():
             count = int(count_text)
             if count != config["epochs"] and not constant_schedule:
                 continue

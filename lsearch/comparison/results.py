@@ -22,6 +22,7 @@ from lsearch.store.catalog import (
     CONFIG_ATTR,
     FINISHED,
     GRID_ATTR,
+    HELD_OUT_ATTR,
     METRICS_ATTR,
     SEARCH_STUDY_ATTR,
     SEEDS_ATTR,
@@ -176,7 +177,7 @@ def record_test_use(
         for trial in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             config = trial.user_attrs.get(CONFIG_ATTR)
             if config is not None:
-                for count in trial.user_attrs.get("held_out", {}):
+                for count in trial.user_attrs.get(HELD_OUT_ATTR, {}):
                     configs.add(key_of({**config, "epochs": int(count)}, 0)[:4])
     study.set_user_attr(TEST_COUNT_ATTR, len(configs))
     study.set_user_attr(GRID_ATTR, request.grid)

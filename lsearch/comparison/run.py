@@ -32,6 +32,7 @@ from lsearch.store.catalog import (
     PRODUCED_BY_ATTR,
     SEARCH_STUDY_ATTR,
     SPEC_ATTR,
+    TEST_AT_ATTR,
     find_study,
     is_comparison,
 )
@@ -133,7 +134,7 @@ class SeedRunObjective:
                 float(params["label_smoothing"]), int(params["epochs"]), float(params["lr"]),
                 int(params["trainable_layers"]),
             )  # fmt: skip
-            return Plan(config, int(params["seed"]), tuple(trial.user_attrs.get("test_at", ())))
+            return Plan(config, int(params["seed"]), tuple(trial.user_attrs.get(TEST_AT_ATTR, ())))
         try:
             return self.next_plan(trial.study, trial.number)
         except NothingLeft as exc:
@@ -150,7 +151,7 @@ class SeedRunObjective:
         trial.suggest_float("lr", c.lr, c.lr, log=True)
         trial.suggest_int("trainable_layers", c.trainable_layers, c.trainable_layers)
         trial.suggest_int("seed", plan.seed, plan.seed)
-        trial.set_user_attr("test_at", list(plan.test_at))
+        trial.set_user_attr(TEST_AT_ATTR, list(plan.test_at))
         attrs = self.objective.train(
             trial, c, [plan.seed], prunes=False, test_set=self.test_set, test_at=plan.test_at
         )

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy import stats as st
 
 from lsearch.analysis.verdict import LABELS, in_points
+from lsearch.store.catalog import CONFIG_ATTR, curve_attr
 
 PRUNED_MARKER = {
     "symbol": "x-thin", "line": {"width": 2, "color": "#d62728"}, "size": 9, "color": "#d62728",
@@ -64,7 +65,7 @@ def epsilon_scatter(trials: Sequence[FrozenTrial], metric: str) -> go.Figure:
         chosen = [t for t in trials if t.state == state and f"{metric}_per_seed" in t.user_attrs]
         xs, seeds_x, seeds_y, means, errors, texts = [], [], [], [], [], []
         for trial in chosen:
-            eps = trial.user_attrs["config"]["label_smoothing"]
+            eps = trial.user_attrs[CONFIG_ATTR]["label_smoothing"]
             values = [v * scale for v in trial.user_attrs[f"{metric}_per_seed"]]
             mean, half = _mean_ci(values)
             xs.append(eps)
@@ -96,7 +97,7 @@ def learning_curves(trials: Sequence[FrozenTrial], best: Sequence[FrozenTrial]) 
     the best trials."""
     fig = go.Figure()
     for trial in trials:
-        curves = trial.user_attrs.get("curve_val_acc")
+        curves = trial.user_attrs.get(curve_attr("val_acc"))
         if not curves:
             continue
         mean = [100 * statistics.fmean(epoch) for epoch in zip(*curves, strict=True)]
@@ -119,7 +120,7 @@ def learning_curves(trials: Sequence[FrozenTrial], best: Sequence[FrozenTrial]) 
             )  # fmt: skip
     palette = ["#1f77b4", "#2ca02c", "#9467bd"]
     for color, trial in zip(palette, best, strict=False):
-        curves = trial.user_attrs["curve_val_acc"]
+        curves = trial.user_attrs[curve_attr("val_acc")]
         per_epoch = list(zip(*curves, strict=True))
         epochs = list(range(1, len(per_epoch) + 1))
         low = [100 * min(e) for e in per_epoch]
@@ -146,7 +147,7 @@ def learning_curves(trials: Sequence[FrozenTrial], best: Sequence[FrozenTrial]) 
 def parallel_coordinates(trials: Sequence[FrozenTrial]) -> go.Figure:
     """Every finished trial (pruned included) across the four parameters and its validation
     accuracy; the last axis tells pruned (1) from complete (0)."""
-    config = [t.user_attrs["config"] for t in trials]
+    config = [t.user_attrs[CONFIG_ATTR] for t in trials]
     dimensions = [
         {"label": "ε", "values": [c["label_smoothing"] for c in config]},
         {"label": "epochs", "values": [c["epochs"] for c in config]},
@@ -207,8 +208,8 @@ def epsilon_epochs_map(trials: Sequence[FrozenTrial]) -> go.Figure:
     fig = go.Figure()
     if complete:
         x_edges, y_edges, z = binned_means(
-            [t.user_attrs["config"]["label_smoothing"] for t in complete],
-            [t.user_attrs["config"]["epochs"] for t in complete],
+            [t.user_attrs[CONFIG_ATTR]["label_smoothing"] for t in complete],
+            [t.user_attrs[CONFIG_ATTR]["epochs"] for t in complete],
             [100 * t.user_attrs["val_acc"] for t in complete],
         )
         fig.add_trace(
@@ -223,8 +224,8 @@ def epsilon_epochs_map(trials: Sequence[FrozenTrial]) -> go.Figure:
         chosen = [t for t in trials if t.state == state]
         fig.add_trace(
             go.Scatter(
-                x=[t.user_attrs["config"]["label_smoothing"] for t in chosen],
-                y=[t.user_attrs["config"]["epochs"] for t in chosen],
+                x=[t.user_attrs[CONFIG_ATTR]["label_smoothing"] for t in chosen],
+                y=[t.user_attrs[CONFIG_ATTR]["epochs"] for t in chosen],
                 mode="markers", marker=marker, name=state.name.lower(),
                 text=[f"trial {t.number}" for t in chosen],
             )

@@ -26,7 +26,15 @@ from lsearch.outputs.figures import (
     parallel_coordinates,
     reliability_diagram,
 )
-from lsearch.store.catalog import FINISHED, PRODUCED_BY_ATTR, SPEC_ATTR, TEST_COUNT_ATTR
+from lsearch.store.catalog import (
+    CONFIG_ATTR,
+    DEVICE_ATTR,
+    FINISHED,
+    PRODUCED_BY_ATTR,
+    SPEC_ATTR,
+    TEST_COUNT_ATTR,
+    TRAIN_SECONDS_ATTR,
+)
 
 
 @dataclass
@@ -98,8 +106,8 @@ def glance(study: optuna.Study, spec: dict[str, Any] | None) -> Section:
     the best trial."""
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    seconds = sum(t.user_attrs.get("train_seconds", 0.0) for t in trials)
-    devices = sorted({t.user_attrs["device"] for t in trials if "device" in t.user_attrs})
+    seconds = sum(t.user_attrs.get(TRAIN_SECONDS_ATTR, 0.0) for t in trials)
+    devices = sorted({t.user_attrs[DEVICE_ATTR] for t in trials if DEVICE_ATTR in t.user_attrs})
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
@@ -184,7 +192,7 @@ def build_sections(
     sections += [comparison_section(result) for result in comparisons]
     best_config = None
     if not multi and complete:
-        best_config = study.best_trial.user_attrs.get("config")
+        best_config = study.best_trial.user_attrs.get(CONFIG_ATTR)
     sections.append(reliability_section(comparisons, best_config, study.study_name))
     return sections, verdicts
 
@@ -213,7 +221,7 @@ def search_views(study: optuna.Study, trials: Sequence[FrozenTrial]) -> Section:
         front = sorted(study.best_trials, key=lambda t: t.number)
         views.tables.append(
             _table(
-                [[t.number, _fmt(t.values), _fmt(t.user_attrs["config"])] for t in front],
+                [[t.number, _fmt(t.values), _fmt(t.user_attrs[CONFIG_ATTR])] for t in front],
                 ["Pareto-optimal trial", "val acc, val ECE", "configuration"],
             )
         )

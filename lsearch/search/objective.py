@@ -41,11 +41,22 @@ from lsearch.search.study import check_new
 from lsearch.search.trial_progress import TrialProgress, mean_of
 from lsearch.spec import Param, Space, StudySpec
 from lsearch.store.catalog import (
+    BEST_EPOCH_ATTR,
+    CHOSEN_BY_ATTR,
     CHOSEN_EPOCH_ATTR,
     CONFIG_ATTR,
+    DEVICE_ATTR,
     EPOCHS_RUN_ATTR,
+    EPOCHS_TRAINED_ATTR,
     FAIL_REASON_ATTR,
+    HELD_OUT_ATTR,
+    PRECISION_ATTR,
+    PRUNED_AT_EPOCH_ATTR,
     SEEDS_RUN_ATTR,
+    THREADS_ATTR,
+    TRAIN_SECONDS_ATTR,
+    curve_attr,
+    per_seed_attr,
 )
 from lsearch.store.resilient import is_transient
 from lsearch.training import metrics
@@ -199,14 +210,14 @@ class SearchObjective:
         """
         trial.set_user_attr(CONFIG_ATTR, asdict(config))
         trial.set_user_attr(SEEDS_RUN_ATTR, list(seeds))
-        trial.set_user_attr("chosen_by", "val_acc")
-        trial.set_user_attr("device", describe_device(self.device))
+        trial.set_user_attr(CHOSEN_BY_ATTR, "val_acc")
+        trial.set_user_attr(DEVICE_ATTR, describe_device(self.device))
         if self.cores is not None:
-            trial.set_user_attr("threads", self.cores.refresh())
+            trial.set_user_attr(THREADS_ATTR, self.cores.refresh())
         started = time.perf_counter()
         self.features.new_trial()
         runs = [self.start(seed, config) for seed in seeds]
-        trial.set_user_attr("precision", runs[0].precision.name)  # float16, bfloat16, float32
+        trial.set_user_attr(PRECISION_ATTR, runs[0].precision.name)  # float16, bfloat16, float32
         progress = self.resume(trial, config, runs, prunes) or TrialProgress([[] for _ in runs])
         first_epoch = progress.epochs_run + 1
         keep_weights = None if test_set is None else (lambda: [r.weights() for r in runs])
@@ -300,7 +311,7 @@ class SearchObjective:
             for count in {*test_at, config.epochs}:
                 if count not in progress.held_out or count >= progress.epochs_run:
                     progress.held_out[count] = final
-            trial.set_user_attr("held_out", {str(k): v for k, v in progress.held_out.items()})
+            trial.set_user_attr(HELD_OUT_ATTR, {str(k): v for k, v in progress.held_out.items()})
             for key, value in final.items():
                 trial.set_user_attr(key, value)
         return {**self._record(trial, progress, started, first_epoch, pruned_at=None), **final}
@@ -326,15 +337,17 @@ class SearchObjective:
         results: dict[str, Any] = {CHOSEN_EPOCH_ATTR: chosen, EPOCHS_RUN_ATTR: epoch}
         for name in ("val_acc", "val_ece", "val_nll"):
             field_name = "val_loss" if name == "val_nll" else name
-            results[f"{name}_per_seed"] = [
+            results[per_seed_attr(name)] = [
                 getattr(curve[chosen - 1], field_name) for curve in progress.history
             ]
         for name in TEST_METRICS:
-            results[f"{name}_per_seed"] = [seed[name] for seed in per_seed]
+            results[per_seed_attr(name)] = [seed[name] for seed in per_seed]
         for name in ("val_acc", "val_ece", "val_nll", *TEST_METRICS):
-            results[name] = mean_of(results[f"{name}_per_seed"])
-        results["test_reliability_per_seed"] = [seed["test_reliability"] for seed in per_seed]
-        results["test_reliability_ts_per_seed"] = [seed["test_reliability_ts"] for seed in per_seed]
+            results[name] = mean_of(results[per_seed_attr(name)])
+        results[per_seed_attr("test_reliability")] = [seed["test_reliability"] for seed in per_seed]
+        results[per_seed_attr("test_reliability_ts")] = [
+            seed["test_reliability_ts"] for seed in per_seed
+        ]
         return results
 
     def _record(
@@ -363,21 +376,21 @@ class SearchObjective:
             "val_acc": mean_of([m.val_acc for m in at_chosen]),
             "val_ece": mean_of([m.val_ece for m in at_chosen]),
             "val_nll": mean_of([m.val_loss for m in at_chosen]),
-            "val_acc_per_seed": [m.val_acc for m in at_chosen],
-            "val_ece_per_seed": [m.val_ece for m in at_chosen],
-            "val_nll_per_seed": [m.val_loss for m in at_chosen],
-            "temperature_per_seed": temperatures,
-            "val_ece_temperature_scaled_per_seed": scaled_ece,
-            "best_epoch": progress.best_epoch,
+            per_seed_attr("val_acc"): [m.val_acc for m in at_chosen],
+            per_seed_attr("val_ece"): [m.val_ece for m in at_chosen],
+            per_seed_attr("val_nll"): [m.val_loss for m in at_chosen],
+            per_seed_attr("temperature"): temperatures,
+            per_seed_attr("val_ece_temperature_scaled"): scaled_ece,
+            BEST_EPOCH_ATTR: progress.best_epoch,
             CHOSEN_EPOCH_ATTR: chosen,
             EPOCHS_RUN_ATTR: epochs_run,
-            "epochs_trained": epochs_run - first_epoch + 1,
-            "pruned_at_epoch": pruned_at,
-            "train_seconds": time.perf_counter() - started,
-            "curve_train_loss": [[m.train_loss for m in c] for c in history],
-            "curve_val_loss": [[m.val_loss for m in c] for c in history],
-            "curve_val_acc": [[m.val_acc for m in c] for c in history],
-            "curve_val_ece": [[m.val_ece for m in c] for c in history],
+            EPOCHS_TRAINED_ATTR: epochs_run - first_epoch + 1,
+            PRUNED_AT_EPOCH_ATTR: pruned_at,
+            TRAIN_SECONDS_ATTR: time.perf_counter() - started,
+            curve_attr("train_loss"): [[m.train_loss for m in c] for c in history],
+            curve_attr("val_loss"): [[m.val_loss for m in c] for c in history],
+            curve_attr("val_acc"): [[m.val_acc for m in c] for c in history],
+            curve_attr("val_ece"): [[m.val_ece for m in c] for c in history],
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)

@@ -21,7 +21,13 @@ from lsearch import interrupts
 from lsearch.errors import one_line
 from lsearch.search.checkpoints import DamagedCheckpoint
 from lsearch.search.trial_progress import TrialProgress
-from lsearch.store.catalog import CHECKPOINT_ATTR
+from lsearch.store.catalog import (
+    CHECKPOINT_ATTR,
+    CHECKPOINT_ERROR_ATTR,
+    RESUMED_FROM_EPOCH_ATTR,
+    RESUMED_FROM_TRIAL_ATTR,
+    RESUMED_ON_OTHER_DEVICE_ATTR,
+)
 from lsearch.training.seed_run import SeedRun
 
 if TYPE_CHECKING:
@@ -75,7 +81,7 @@ def _discard(
     where = pointer.get("artifact_id") if isinstance(pointer, dict) else pointer
     epoch = pointer.get("epoch") if isinstance(pointer, dict) else None
     trial.set_user_attr(
-        "checkpoint_error",
+        CHECKPOINT_ERROR_ATTR,
         f"checkpoint {where} (epoch {epoch}, trial {replaced}) was not used: {exc}; "
         "trained from epoch 1",
     )
@@ -115,12 +121,12 @@ def resume_trial(
     if loaded is None:
         return None
     progress, state, moved = loaded
-    trial.set_user_attr("resumed_from_trial", history[-1])
-    trial.set_user_attr("resumed_from_epoch", progress.epochs_run)
+    trial.set_user_attr(RESUMED_FROM_TRIAL_ATTR, history[-1])
+    trial.set_user_attr(RESUMED_FROM_EPOCH_ATTR, progress.epochs_run)
     if any(moved):
         # Same weights and optimizer state, new random streams (see SeedRun.load_state_dict).
         saved_on = state["seeds"][0].get("device", "another kind of device")
-        trial.set_user_attr("resumed_on_other_device", f"{saved_on} -> {objective.device.type}")
+        trial.set_user_attr(RESUMED_ON_OTHER_DEVICE_ATTR, f"{saved_on} -> {objective.device.type}")
     if prunes:
         # Epochs the old trial checkpointed but died before reporting; the rest are
         # carried over by Optuna's retry callback (and re-reporting them is a no-op).

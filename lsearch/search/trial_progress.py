@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from lsearch.spec import Objective as ObjectiveSpec
+from lsearch.store.catalog import curve_attr
 from lsearch.training.seed_run import EpochMetrics
 
 
@@ -66,7 +67,7 @@ class TrialProgress:
         """The curves a finished trial recorded (`curve_*` attrs), as a TrialProgress."""
         names = [metric.name for metric in fields(EpochMetrics)]
         history = []
-        for seed in zip(*(attrs[f"curve_{name}"] for name in names), strict=True):
+        for seed in zip(*(attrs[curve_attr(name)] for name in names), strict=True):
             epochs = zip(*seed, strict=True)  # one value of each metric per epoch
             history.append([EpochMetrics(**dict(zip(names, e, strict=True))) for e in epochs])
         return cls(history)

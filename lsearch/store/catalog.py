@@ -55,7 +55,47 @@ SEEDS_RUN_ATTR = "seeds"  # the seeds it trained, in the order of the *_per_seed
 CHOSEN_EPOCH_ATTR = "chosen_epoch"  # the epoch whose metrics the trial reports
 EPOCHS_RUN_ATTR = "epochs_run"  # the epochs it trained before it finished or was pruned
 
+# what the trial's run was: where, how, how long, and what it resumed from
+DEVICE_ATTR = "device"  # the device that trained it (a GPU by physical index and UUID)
+THREADS_ATTR = "threads"  # torch threads per trial on the CPU
+PRECISION_ATTR = "precision"  # float32, bfloat16 or float16
+CHOSEN_BY_ATTR = "chosen_by"  # the metric the chosen epoch maximises ("val_acc")
+BEST_EPOCH_ATTR = "best_epoch"  # the epoch of the best mean validation accuracy
+EPOCHS_TRAINED_ATTR = "epochs_trained"  # epochs this trial trained itself (not resumed ones)
+PRUNED_AT_EPOCH_ATTR = "pruned_at_epoch"  # the epoch the pruner stopped it at, or None
+TRAIN_SECONDS_ATTR = "train_seconds"  # wall time of its training
+RESUMED_FROM_TRIAL_ATTR = "resumed_from_trial"  # the trial whose checkpoint it continued
+RESUMED_FROM_EPOCH_ATTR = "resumed_from_epoch"  # the epoch that checkpoint held
+RESUMED_ON_OTHER_DEVICE_ATTR = "resumed_on_other_device"  # e.g. "cuda -> cpu"
+CHECKPOINT_ERROR_ATTR = "checkpoint_error"  # why a checkpoint was not used (trained anew)
+# a comparison's seed-run: the epoch counts read from it on the test set, and their results
+TEST_AT_ATTR = "test_at"
+HELD_OUT_ATTR = "held_out"
+# metrics: the mean over seeds is the metric's name (`val_acc`, `test_ece`, ...); beside it
+PER_SEED_SUFFIX = "_per_seed"  # `val_acc_per_seed`: one value per seed, in SEEDS_RUN_ATTR order
+CURVE_PREFIX = "curve_"  # `curve_val_acc`: one list per seed, one value per epoch
+
+
+def per_seed_attr(metric: str) -> str:
+    """The user attr of a metric's per-seed values.
+
+    >>> per_seed_attr("test_acc")
+    'test_acc_per_seed'
+    """
+    return metric + PER_SEED_SUFFIX
+
+
+def curve_attr(metric: str) -> str:
+    """The user attr of a metric's curves (one list per seed, one value per epoch).
+
+    >>> curve_attr("val_acc")
+    'curve_val_acc'
+    """
+    return CURVE_PREFIX + metric
+
+
 # ---- trial system attrs
+RETRIED_FROM_SYSTEM_ATTR = "failed_trial"  # Optuna's: the trial a retry replaces
 TOKEN_ATTR = "lsearch_create_token"  # marks a trial creation, to find it after a lost reply
 
 # ---- written by lsearch 0.1.0 and earlier, kept (lsearch deletes nothing of the user's)
