@@ -157,12 +157,27 @@ class Data(_Frozen):
     image_size: int | None = Field(None, gt=0)
     split_seed: int | None = None
     augment: Augment = Augment()
+    # A subset of the dataset's classes, renumbered 0..K-1 in the order given (unset: all).
+    classes: tuple[int, ...] | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, classes: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if classes is None:
+            return None
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ValueError(f"must name at least 2 distinct classes (got {list(classes)})")
+        if not all(0 <= c <= 9 for c in classes):
+            raise ValueError(f"digits and cifar10 have classes 0 to 9 (got {list(classes)})")
+        return classes
 
 
 class Model(_Frozen):
     name: Literal["small_cnn", "resnet18"] = "small_cnn"
-    weights: str = "none"
+    weights: str = "none"  # none, imagenet, a bundled name (digits-0-4) or a state-dict file
     width: int = Field(32, gt=0)
+    # The weights file's sha256, filled in by `validate` (a study file that gives it pins it).
+    weights_sha256: str | None = None
 
 
 class Train(_Frozen):
@@ -325,6 +340,9 @@ class StudySpec(_Frozen):
             then = StudySpec.model_validate(stored)
         except ValidationError:
             return False
+        if "weights_sha256" not in stored.get("model", {}):  # stored before lsearch hashed it
+            legacy = then.model.model_copy(update={"weights_sha256": self.model.weights_sha256})
+            then = then.model_copy(update={"model": legacy})
         return then.decisive(comparison) == self.decisive(comparison)
 
 
@@ -398,13 +416,25 @@ def _format_error(error: dict[str, Any]) -> str:
 
 
 def validate(raw: dict[str, Any], source: str) -> StudySpec:
+    """The spec, with the sha256 of the weights file it names (see Model.weights_sha256)."""
     try:
-        return StudySpec.model_validate(raw)
+        spec = StudySpec.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UserError(
             f"{source}: {_format_error(first)} (fix the study file or its --set override)"
         ) from None
+    from lsearch.pretrained import file_sha256
+
+    digest = file_sha256(spec.model.weights)
+    pinned = spec.model.weights_sha256
+    if pinned is not None and digest is not None and pinned != digest:
+        raise UserError(
+            f"{source}: model.weights_sha256 is {pinned[:12]}..., but {spec.model.weights} has "
+            f"sha256 {digest[:12]}...; give the weights it was made with, or drop the key"
+        )
+    model = spec.model.model_copy(update={"weights_sha256": digest or pinned})
+    return spec.model_copy(update={"model": model})
 
 
 def load_spec(name_or_path: str, overrides: Sequence[str] = ()) -> StudySpec:

@@ -7,7 +7,7 @@ with overrides as a dict), `results` (what they return), `common` (range checks,
 command lines). Importing this package imports neither torch nor Optuna.
 """
 
-from lsearch.api.common import at_least, interrupt_message, worker_args
+from lsearch.api.common import DEFAULT_STUDY, at_least, interrupt_message, worker_args
 from lsearch.api.comparison import (
     Job,
     carry_out,
@@ -33,6 +33,7 @@ from lsearch.errors import UserError
 from lsearch.interrupts import Interrupted
 
 __all__ = [
+    "DEFAULT_STUDY",
     "BestTrials",
     "Checkup",
     "ComparisonPlan",

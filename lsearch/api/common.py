@@ -21,6 +21,10 @@ from lsearch.interrupts import Interrupted
 if TYPE_CHECKING:
     from rich.console import Console
 
+# The study every command runs when no --study is given: the user's transfer experiment in
+# miniature (a pretrained small CNN fine-tuned on digits 5-9). `digits` trains from scratch.
+DEFAULT_STUDY = "digits-transfer"
+
 
 def quiet_libraries() -> None:
     """Optuna logs every failed trial with a traceback; lsearch prints one line per failure."""

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from lsearch.api.common import at_least, quiet_libraries, silent, worker_args
+from lsearch.api.common import DEFAULT_STUDY, at_least, quiet_libraries, silent, worker_args
 from lsearch.api.results import ComparisonPlan, ComparisonResult, PlannedRun
 from lsearch.api.studyfile import Overrides, load_with_texts
 from lsearch.errors import UserError
@@ -48,7 +48,7 @@ def _seeds_text(seeds: Seeds) -> str | None:
 
 
 def comparison_job(
-    grid: Grid | None, study: str = "digits", overrides: Overrides = None, *,
+    grid: Grid | None, study: str = DEFAULT_STUDY, overrides: Overrides = None, *,
     seeds: Seeds = None, from_best: bool = False, metrics: Sequence[str] | None = None,
     storage: str | None = None, name: str | None = None, device: str = "auto",
     workers: int = 1, threads: int | None = None,
@@ -182,7 +182,7 @@ def _train(job: Job, opened: tuple[Any, Any, Any], data: tuple[Any, ...], consol
 
 
 def compare(
-    grid: Grid, study: str = "digits", overrides: Overrides = None, *,
+    grid: Grid, study: str = DEFAULT_STUDY, overrides: Overrides = None, *,
     seeds: Seeds = None, from_best: bool = False, metrics: Sequence[str] | None = None,
     storage: str | None = None, name: str | None = None, device: str = "auto",
     workers: int = 1, threads: int | None = None, console: Console | None = None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lsearch.api.common import at_least
+from lsearch.api.common import DEFAULT_STUDY, at_least
 from lsearch.api.results import TableData
 from lsearch.api.studyfile import Overrides, load_with_texts
 
@@ -93,7 +93,7 @@ def _spec_on_device(study: str, overrides: Overrides, device: str) -> tuple[Any,
 
 
 def bench_speed(
-    study: str = "digits",
+    study: str = DEFAULT_STUDY,
     overrides: Overrides = None,
     *,
     epochs: int = 3,
@@ -126,7 +126,7 @@ def bench_speed(
 
 
 def bench_pruning(
-    study: str = "digits",
+    study: str = DEFAULT_STUDY,
     overrides: Overrides = None,
     *,
     trials: int = 100,
@@ -185,7 +185,7 @@ class Checkup:
 
 
 def doctor(
-    study: str = "digits",
+    study: str = DEFAULT_STUDY,
     overrides: Overrides = None,
     *,
     storage: str | None = None,

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from lsearch.api.common import (
+    DEFAULT_STUDY,
     at_least,
     interrupt_message,
     positive,
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 
 def run(
-    study: str = "digits",
+    study: str = DEFAULT_STUDY,
     overrides: Overrides = None,
     *,
     storage: str | None = None,

@@ -105,7 +105,7 @@ def bench_search(
 
     if len(spec.objective.directions) != 1:
         raise UserError("bench --search needs a single-objective study (pruning needs one)")
-    pool = load_pool(spec.data, device)
+    pool = load_pool(spec.data, device, spec.model.weights)
     held_out = (load_test_set(spec.data, device), fresh_seeds(spec.seeds, test_seeds))
     runs = []
     for seed in range(sampler_seeds):

@@ -15,13 +15,14 @@ from lsearch.training.data import ImagePool, load_pool
 from lsearch.training.models import LayeredModel, build_model
 from lsearch.training.seed_run import seed_everything
 
-# Shapes of the datasets lsearch knows: channels, side, classes.
+# Shapes of the datasets lsearch knows: channels, side, classes (before data.classes).
 SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10)}
 
 
 def synthetic_pool(spec: StudySpec, device: torch.device) -> ImagePool:
     """Random uint8 images and balanced labels of the study's shape and counts."""
     channels, side, classes = SHAPES[spec.data.dataset]
+    classes = len(spec.data.classes) if spec.data.classes else classes
     per_class = spec.data.train_per_class + spec.data.val_per_class
     generator = np.random.default_rng(0)
     images = generator.integers(0, 256, (per_class * classes, channels, side, side), np.uint8)
@@ -56,7 +57,7 @@ def bench_data(
                     "(the speed is the same)"
                 )
     else:
-        pool = load_pool(spec.data, device)
+        pool = load_pool(spec.data, device, spec.model.weights)
     return spec, pool, notes
 
 

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import torch
 
 from lsearch.checks.check import Check
+from lsearch.pretrained import bundled_names, weights_file
 from lsearch.spec import StudySpec
 
 
@@ -80,10 +81,13 @@ def check_weights(spec: StudySpec) -> Check:
             "network allows, or set model.weights to a local state-dict file"
         )
         return Check("weights", "warn", detail, figures | {"present": False})
-    path = Path(weights)
+    path = weights_file(weights) or Path(weights)
     figures.update(file=str(path))
     if path.is_file():
         size = path.stat().st_size / 2**20
         return Check("weights", "ok", f"{path} ({size:.1f} MB)", figures | {"present": True})
-    detail = f"model.weights: no file at {path}; give a state-dict file, 'imagenet' or 'none'"
+    detail = (
+        f"model.weights: no file at {path}; give a state-dict file, 'imagenet', 'none' or the "
+        f"name of weights that ship with lsearch ({', '.join(bundled_names())})"
+    )
     return Check("weights", "fail", detail, figures | {"present": False})

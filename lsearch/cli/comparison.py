@@ -44,7 +44,7 @@ def compare(
     ] = None,
     study: Annotated[
         str, typer.Option("--study", help="Study file: a path, or a bundled name")
-    ] = "digits",
+    ] = api.DEFAULT_STUDY,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a study-file value (e.g. baseline.lr=3e-3)"),

@@ -24,7 +24,7 @@ from lsearch.cli.printing import print_json, print_lines, print_table, table
 
 @user_errors
 def bench(
-    study: StudyFileOption = "digits",
+    study: StudyFileOption = api.DEFAULT_STUDY,
     set_: OverridesOption = None,
     epochs: Annotated[int, typer.Option(help="Epochs to time (after one warm-up epoch)")] = 3,
     device: DeviceOption = "auto",
@@ -91,7 +91,7 @@ def bench(
 
 @user_errors
 def doctor(
-    study: StudyFileOption = "digits",
+    study: StudyFileOption = api.DEFAULT_STUDY,
     set_: OverridesOption = None,
     storage: StorageOption = None,
     device: Annotated[

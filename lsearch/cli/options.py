@@ -50,7 +50,8 @@ StorageOption = Annotated[
 StudyFileOption = Annotated[
     str,
     typer.Option(
-        "--study", help="Study file: a path, or a bundled name (digits, cifar10-resnet18)"
+        "--study",
+        help="Study file: a path, or a bundled name (digits-transfer, digits, cifar10-resnet18)",
     ),
 ]
 OverridesOption = Annotated[

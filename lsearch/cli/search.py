@@ -22,7 +22,7 @@ from lsearch.cli.printing import print_json, print_table
 
 @user_errors
 def run(
-    study: StudyFileOption = "digits",
+    study: StudyFileOption = api.DEFAULT_STUDY,
     set_: OverridesOption = None,
     storage: StorageOption = None,
     trials: Annotated[

@@ -61,7 +61,7 @@ def check_and_load(
     if trains:  # the cuDNN settings matter only where kernels run
         set_determinism(device, spec.train.deterministic)
     check_trainable_layers(spec)
-    pool = load_pool(spec.data, device if trains else torch.device("cpu"))
+    pool = load_pool(spec.data, device if trains else torch.device("cpu"), spec.model.weights)
     # Load the weights once now, so a bad weights file fails before the storage is touched.
     build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
     cores = CoreShare(threads) if trains else None

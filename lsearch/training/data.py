@@ -6,7 +6,8 @@ torchvision where the network allows). Training and validation images are both d
 the training pool. The held-out test set is disjoint from every seed's subsets and only
 `load_test_set` reads it (`lsearch compare` and `evaluate`; a search never does): CIFAR-10's
 official `test_batch`, or for digits `data.test_per_class` images per class carved out of
-the pool, the same ones for every seed, before any seed draws its subsets.
+the pool, the same ones for every seed, before any seed draws its subsets. `data.classes`
+keeps a subset of the classes (after the test images are carved out), renumbered 0..K-1.
 """
 
 from __future__ import annotations
@@ -194,8 +195,38 @@ def load_cifar10_arrays(
         ) from None
 
 
-def load_pool(data: Data, device: torch.device) -> ImagePool:
-    """Load the study's dataset once per process, straight onto `device`."""
+def select_classes(
+    images: np.ndarray, labels: np.ndarray, classes: tuple[int, ...] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images of `classes` only, relabelled 0..K-1 in the order `classes` gives them.
+
+    >>> select_classes(np.arange(4), np.array([5, 7, 5, 6]), (7, 5))
+    (array([0, 1, 2]), array([1, 0, 1]))
+    """
+    if classes is None:
+        return images, labels
+    keep = np.isin(labels, classes)
+    renumber = np.full(int(labels.max()) + 1, -1, dtype=np.int64)
+    renumber[list(classes)] = np.arange(len(classes))
+    return images[keep], renumber[labels[keep]]
+
+
+def pretrained_statistics(weights: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The input mean and std that bundled weights were trained with (their JSON), or None."""
+    from lsearch.pretrained import recorded_figures
+
+    figures = recorded_figures(weights)
+    if figures is None:
+        return None
+    return tuple(figures["input_mean"]), tuple(figures["input_std"])
+
+
+def load_pool(data: Data, device: torch.device, weights: str = "none") -> ImagePool:
+    """Load the study's dataset once per process, straight onto `device`.
+
+    Inputs are normalised as the network's weights expect them: with the statistics that
+    lsearch's bundled weights were pretrained with, ImageNet's for CIFAR-10 (torchvision's
+    weights), and otherwise those of the digits images the study trains from."""
     if data.dataset == "digits":
         images, labels = load_digits_arrays()
         if data.test_per_class is not None:
@@ -203,15 +234,19 @@ def load_pool(data: Data, device: torch.device) -> ImagePool:
                 np.arange(len(labels)), held_out_indices(labels, data.test_per_class)
             )
             images, labels = images[keep], labels[keep]
+        images, labels = select_classes(images, labels, data.classes)
         scaled = images.astype(np.float64) / 255.0
-        mean, std = (float(scaled.mean()),), (float(scaled.std()),)
+        own = (float(scaled.mean()),), (float(scaled.std()),)
+        mean, std = pretrained_statistics(weights) or own
     else:
-        images, labels = load_cifar10_arrays(Path(data.root), data.download)
+        images, labels = select_classes(
+            *load_cifar10_arrays(Path(data.root), data.download), data.classes
+        )
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     return ImagePool(
         images=_to_device(images, device),
         labels=_to_device(labels, device),
-        num_classes=int(labels.max()) + 1,
+        num_classes=len(data.classes) if data.classes else int(labels.max()) + 1,
         mean=mean,
         std=std,
     )
@@ -234,4 +269,7 @@ def load_test_set(data: Data, device: torch.device) -> TestSet:
         if data.test_per_class is not None:
             index = held_out_indices(labels, data.test_per_class)
             images, labels = images[index], labels[index]
+    # The test images are carved out of all classes first, so a class keeps the same test
+    # images whichever subset of classes a study trains on.
+    images, labels = select_classes(images, labels, data.classes)
     return TestSet(images=_to_device(images, device), labels=_to_device(labels, device))

@@ -13,12 +13,12 @@ import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from lsearch.errors import UserError
+from lsearch.pretrained import bundled_names, weights_file
 from lsearch.spec import Model
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
@@ -139,7 +139,8 @@ def resnet_stages(net: nn.Module) -> list[Stage]:
 
 @functools.lru_cache(maxsize=4)
 def load_state_dict(weights: str) -> dict[str, torch.Tensor]:
-    """Pretrained weights, read once per process: `imagenet` (torchvision) or a file path."""
+    """Pretrained weights, read once per process: `imagenet` (torchvision), the name of weights
+    that ship with lsearch (`digits-0-4`) or a file path."""
     if weights == "imagenet":
         from torchvision.models import ResNet18_Weights
 
@@ -152,10 +153,11 @@ def load_state_dict(weights: str) -> dict[str, torch.Tensor]:
                 f"could not fetch torchvision's ImageNet ResNet-18 weights ({type(exc).__name__}: "
                 f"{exc}); set model.weights to a local state-dict file (.pth)"
             ) from None
-    path = Path(weights)
-    if not path.is_file():
+    path = weights_file(weights)
+    if path is None or not path.is_file():
         raise UserError(
-            f"model.weights: no file at {path}; give a state-dict file, 'imagenet' or 'none'"
+            f"model.weights: no file at {path}; give a state-dict file, 'imagenet', 'none' or "
+            f"the name of weights that ship with lsearch ({', '.join(bundled_names())})"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
