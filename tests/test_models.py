@@ -36,9 +36,9 @@ CASES = [(name, k) for name, groups in GROUP_PREFIXES.items() for k in range(1, 
 
 @pytest.fixture(autouse=True)
 def _fresh_weights_cache() -> Iterator[None]:
-    lsearch.training.models.load_state_dict.cache_clear()
+    lsearch.training.models.read_state_dict.cache_clear()
     yield
-    lsearch.training.models.load_state_dict.cache_clear()
+    lsearch.training.models.read_state_dict.cache_clear()
 
 
 def build(name: str, seed: int = 0, num_classes: int = 10) -> LayeredModel:

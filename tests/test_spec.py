@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -195,7 +196,8 @@ def test_a_study_written_by_lsearch_0_1_0_still_opens_and_continues(tmp_path: Pa
 
 def test_a_built_wheel_carries_the_bundled_studies(tmp_path: Path) -> None:
     """`--study digits` must work after a non-editable `pip install .`: the wheel puts the
-    top-level studies/ inside the package, where find_study_file looks first."""
+    top-level studies/ inside the package, where find_study_file looks first; the default
+    study's pretrained weights and their figures ship inside the package too."""
     source = tmp_path / "src"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "*.db", "tests"))
     wheels = tmp_path / "wheels"
@@ -208,6 +210,8 @@ def test_a_built_wheel_carries_the_bundled_studies(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "lsearch/studies/digits.toml" in names
     assert "lsearch/studies/cifar10-resnet18.toml" in names
+    assert "lsearch/studies/digits-transfer.toml" in names
+    assert {"lsearch/pretrained/digits-0-4.pt", "lsearch/pretrained/digits-0-4.json"} <= set(names)
     site = tmp_path / "site"
     subprocess.run(
         [
@@ -227,12 +231,18 @@ def test_a_built_wheel_carries_the_bundled_studies(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "from lsearch.spec import find_study_file; print(find_study_file('digits'))",
+            "from lsearch.spec import find_study_file, load_spec; print(find_study_file('digits'));"
+            "from lsearch.pretrained import weights_file;"
+            "print(load_spec('digits-transfer').model.weights_sha256);"
+            "print(weights_file('digits-0-4'))",
         ],
         env={"PYTHONPATH": str(site), "PATH": ""},
         cwd=tmp_path,
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
-    assert Path(found) == site / "lsearch" / "studies" / "digits.toml"
+    ).stdout.split()
+    assert Path(found[0]) == site / "lsearch" / "studies" / "digits.toml"
+    shipped = json.loads((REPO / "lsearch/pretrained/digits-0-4.json").read_text())
+    assert found[1] == shipped["sha256"]
+    assert Path(found[2]) == site / "lsearch" / "pretrained" / "digits-0-4.pt"

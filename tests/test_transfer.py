@@ -40,9 +40,9 @@ RERUN_TOLERANCE = 0.02
 
 @pytest.fixture(autouse=True)
 def _fresh_weights_cache() -> Iterator[None]:
-    lsearch.training.models.load_state_dict.cache_clear()
+    lsearch.training.models.read_state_dict.cache_clear()
     yield
-    lsearch.training.models.load_state_dict.cache_clear()
+    lsearch.training.models.read_state_dict.cache_clear()
 
 
 def pretrain_script() -> Any:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lsearch.errors import UserError
-from lsearch.pretrained import bundled_names, weights_file
+from lsearch.pretrained import bundled_names, file_sha256, weights_file
 from lsearch.spec import Model
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
@@ -137,10 +137,16 @@ def resnet_stages(net: nn.Module) -> list[Stage]:
     return [stem, net.layer1, net.layer2, net.layer3, net.layer4, head]
 
 
-@functools.lru_cache(maxsize=4)
 def load_state_dict(weights: str) -> dict[str, torch.Tensor]:
-    """Pretrained weights, read once per process: `imagenet` (torchvision), the name of weights
-    that ship with lsearch (`digits-0-4`) or a file path."""
+    """Pretrained weights: `imagenet` (torchvision), the name of weights that ship with lsearch
+    (`digits-0-4`) or a file path; read once per process and file content (its sha256), so a
+    file changed since is read again, as the spec check sees it."""
+    return read_state_dict(weights, file_sha256(weights))
+
+
+@functools.lru_cache(maxsize=4)
+def read_state_dict(weights: str, sha256: str | None) -> dict[str, torch.Tensor]:
+    """`load_state_dict`'s cache, keyed by the weights' name and the file's sha256."""
     if weights == "imagenet":
         from torchvision.models import ResNet18_Weights
 
