@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from lsearch.checks import machine as machine_check
+
 CUDA = torch.cuda.is_available()
 # One budget for the whole check: a step that cannot finish before it is not started.
 DEADLINE_S = float(os.environ.get("LSEARCH_GPU_CHECK_LIMIT_S", "290" if CUDA else "170"))
@@ -115,7 +117,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cpu": cpu_model(),
+        "cpu": machine_check.cpu_model(),
         "cores": len(os.sched_getaffinity(0)),
     }
     if CUDA:
@@ -123,16 +125,6 @@ def machine() -> dict[str, Any]:
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
         info["gpu_memory_mb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**20)
     return info
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def lsearch(*args: str, cwd: Path, env: dict[str, str] | None = None,

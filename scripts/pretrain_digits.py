@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from lsearch.checks.machine import cpu_model
 from lsearch.spec import Augment, Data, Model, Train
 from lsearch.training.data import Split, load_pool, load_test_set
 from lsearch.training.models import build_model
@@ -61,17 +61,6 @@ def source_accuracy(state: dict[str, torch.Tensor], mean: list[float], std: list
     return float((predicted == test.labels).double().mean())
 
 
-def cpu_name() -> str:
-    """The CPU's model name as lscpu gives it (Linux), else the machine type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def pretrain(epochs: int) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     """Train on the source task; the state dict and what was measured."""
     torch.set_num_threads(1)  # one thread: the same bits on every rerun of this machine
@@ -106,7 +95,7 @@ def pretrain(epochs: int) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         "input_std": list(pool.std),
         "train_seconds": round(seconds, 2),
         "threads": 1,
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "torch": torch.__version__,
         "made": time.strftime("%Y-%m-%d"),
     }

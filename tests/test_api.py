@@ -29,7 +29,7 @@ SMALL = {
     "baseline.epochs": 2,
 }
 SMALL_SET = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value!r}")]
-SMALL_SET = [text.replace("'", '"') for text in SMALL_SET]
+SMALL_SET = ["--study", "digits", *(text.replace("'", '"') for text in SMALL_SET)]
 TINY_DICT = {"data.train_per_class": 20, "data.val_per_class": 20, "space.epochs": 3,
              "train.batch_size": 64}  # fmt: skip
 

@@ -18,6 +18,7 @@ from scipy import stats as st
 from tests.conftest import TINY, run_lsearch, run_on_terminal
 
 SMALL = [
+    "--study", "digits",  # written for the from-scratch study (model.width=8 has no weights)
     "--set", "data.train_per_class=15",
     "--set", "data.val_per_class=15",
     "--set", "data.test_per_class=20",
@@ -278,7 +279,7 @@ def test_a_killed_compare_worker_s_seed_run_resumes_from_its_checkpoint(tmp_path
     from tests.conftest import LSEARCH
 
     args = [
-        "compare", "--grid", "label_smoothing=0,0.2", "--seeds", "0-1",
+        "compare", "--study", "digits", "--grid", "label_smoothing=0,0.2", "--seeds", "0-1",
         "--set", "data.train_per_class=50", "--set", "data.val_per_class=50",
         "--set", "baseline.epochs=20", "--set", "train.patience=100",
         "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3",

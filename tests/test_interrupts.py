@@ -17,6 +17,7 @@ from tests.conftest import run_lsearch
 from tests.test_workers import start_worker, wait_for_checkpoint
 
 LONG = (
+    "--study", "digits",
     "--set", "data.train_per_class=50", "--set", "data.val_per_class=50",
     "--set", "space.epochs=30", "--set", "train.patience=100",
     "--set", "pruner.n_startup_trials=1000", "--grace-period", "600",

@@ -111,6 +111,7 @@ def test_two_workers_started_alike_on_a_fresh_sqlite_file_draw_distinct_configur
 
 
 CRASH_ARGS = (
+    "--study", "digits",
     "--set", "data.train_per_class=50", "--set", "data.val_per_class=50",
     "--set", "space.epochs=30", "--set", "train.patience=100",
     # Reports every epoch but never prunes: the intermediate values must come out unbroken.

@@ -4,6 +4,8 @@ device (memory and the precision lsearch trains in there), and the CPU."""
 from __future__ import annotations
 
 import os
+import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -138,6 +140,22 @@ def check_cuda(requested: str = "auto", precision: str = "auto") -> list[Check]:
     return checks
 
 
+def cpu_model() -> str:
+    """The CPU's model name as `lscpu` gives it (Linux's /proc/cpuinfo), else what Python's
+    platform module knows: measured timings name the CPU they were measured on.
+
+    >>> isinstance(cpu_model(), str)
+    True
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def check_cpu(trains_here: bool = True, precision: str = "auto") -> Check:
     """The CPU: cores this process may use, torch's threads, and its precision (float32).
     An impossible train.precision fails only where the CPU is the device that trains.
@@ -149,6 +167,7 @@ def check_cpu(trains_here: bool = True, precision: str = "auto") -> Check:
     figures: dict[str, Any] = {
         "cores": cores,
         "machine_cores": os.cpu_count(),
+        "model": cpu_model(),
         "torch_threads": torch.get_num_threads(),
     }
     base = f"{cores} cores usable, torch uses {torch.get_num_threads()} threads"
