@@ -269,7 +269,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
 ) -> None:
     (tmp_path / "notoml.toml").write_text("name = [unclosed\n")
     (tmp_path / "unknown.toml").write_text('name = "x"\n[trian]\nbatch_size = 1\n')
-    result = run_lsearch("run", *args, *TINY, cwd=tmp_path)
+    result = run_lsearch("run", *TINY, *args, cwd=tmp_path)  # args after TINY: its --study loses
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     lines = result.stderr.strip().splitlines()

@@ -139,19 +139,23 @@ def carry_out(
     console = console or silent()
     request, here = job.request, job.workers == 1
     device, pool, cores = check_and_load(request.spec, job.device, here, job.threads)
-    test_set = load_test_set(request.spec.data, device if here else torch.device("cpu"))
-    storage, liveness = open_spec_storage(request.spec, job.url)
-    found = comparison.open_comparison(
-        storage, request.name, request.spec, request.search_study, describe_device(device)
-    )
-    _train(job, (storage, found, liveness), (device, pool, test_set, cores), console)
-    if train_only:
-        return None
-    comparison.record_test_use(storage, request, found)
-    summary = comparison.summarise(request, found)
-    # The figures and verdicts go into the studies too, for optuna-dashboard.
-    publish(storage, request.search_study, summaries={request.name: summary})
-    return ComparisonResult(summary, request.notes)
+    try:  # the process's share of the cores ends with the call (see CoreShare)
+        test_set = load_test_set(request.spec.data, device if here else torch.device("cpu"))
+        storage, liveness = open_spec_storage(request.spec, job.url)
+        found = comparison.open_comparison(
+            storage, request.name, request.spec, request.search_study, describe_device(device)
+        )
+        _train(job, (storage, found, liveness), (device, pool, test_set, cores), console)
+        if train_only:
+            return None
+        comparison.record_test_use(storage, request, found)
+        summary = comparison.summarise(request, found)
+        # The figures and verdicts go into the studies too, for optuna-dashboard.
+        publish(storage, request.search_study, summaries={request.name: summary})
+        return ComparisonResult(summary, request.notes)
+    finally:
+        if cores is not None:
+            cores.close()
 
 
 def _train(job: Job, opened: tuple[Any, Any, Any], data: tuple[Any, ...], console: Any) -> None:

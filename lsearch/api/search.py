@@ -97,6 +97,9 @@ def run(
         (notify or (lambda line: console.print(line, highlight=False)))(
             interrupt_message(exc, "the study")
         )
+    finally:  # the process's share of the cores ends with the call (see CoreShare)
+        if prepared.cores is not None:
+            prepared.cores.close()
     return prepared.study
 
 
