@@ -18,13 +18,9 @@ POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # Small enough that a digits trial takes a fraction of a second on one core. The tests that use
 # it were written for the from-scratch digits study, which the default was until issue 18, and
 # name it (tests/test_transfer.py covers the transfer default).
-TINY = [
-    "--study", "digits",
-    "--set", "data.train_per_class=20",
-    "--set", "data.val_per_class=20",
-    "--set", "space.epochs=3",
-    "--set", "train.batch_size=64",
-]  # fmt: skip
+TINY_SETS = ["data.train_per_class=20", "data.val_per_class=20", "space.epochs=3",
+             "train.batch_size=64"]  # fmt: skip
+TINY = ["--study", "digits", *(arg for text in TINY_SETS for arg in ("--set", text))]
 
 
 def run_lsearch(

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from lsearch.errors import UserError
 from lsearch.training import devices
-from tests.conftest import TINY, run_lsearch
+from tests.conftest import TINY, TINY_SETS, run_lsearch
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def test_check_and_load_for_a_process_that_does_not_train_claims_nothing(
     from lsearch.search.launch import check_and_load
     from lsearch.spec import load_spec
 
-    spec = load_spec("digits", TINY[1::2])
+    spec = load_spec("digits", TINY_SETS)
     device, pool, cores = check_and_load(spec, "cuda:free", trains=False)
     assert device.type == "cuda" and cores is None
     assert pool.images.device.type == "cpu"

@@ -18,7 +18,7 @@ from lsearch.spec import StudySpec, load_spec
 from lsearch.training.data import load_pool, split_for_seed
 from lsearch.training.models import build_model
 from lsearch.training.seed_run import FeatureCache, SeedRun, make_optimizer, start_seed_run
-from tests.conftest import TINY, run_lsearch
+from tests.conftest import TINY, TINY_SETS, run_lsearch
 
 CPU = torch.device("cpu")
 
@@ -396,7 +396,7 @@ def test_a_search_s_test_value_is_its_best_configuration_trained_on_the_new_seed
     from lsearch.search.objective import SearchObjective, TrialConfig
     from lsearch.training.data import load_test_set
 
-    spec = load_spec("digits", [o for o in TINY if o != "--set"])
+    spec = load_spec("digits", TINY_SETS)
     cpu = torch.device("cpu")
     pool, test_set = load_pool(spec.data, cpu), load_test_set(spec.data, cpu)
     run = run_search(spec, pool, cpu, 4, 0, prune=False, held_out=(test_set, [5, 6]))
