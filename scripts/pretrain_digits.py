@@ -15,7 +15,6 @@ the input statistics the network expects (the loader of the .pt file accepts ten
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from lsearch.checks.machine import cpu_model
+from lsearch.pretrained import file_sha256
 from lsearch.spec import Augment, Data, Model, Train
 from lsearch.training.data import Split, load_pool, load_test_set
 from lsearch.training.models import build_model
@@ -111,7 +111,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / f"{NAME}.pt"
     torch.save(state, weights)
-    figures["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    figures["sha256"] = file_sha256(str(weights))  # the digest the spec check compares
     (args.out / f"{NAME}.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(
         f"{weights}: source-task held-out accuracy {100 * figures['source_held_out_acc']:.2f} % "

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import torch
 
 from lsearch.checks.check import Check
-from lsearch.pretrained import bundled_names, weights_file
+from lsearch.pretrained import missing_message, weights_file
 from lsearch.spec import StudySpec
 
 
@@ -86,8 +86,5 @@ def check_weights(spec: StudySpec) -> Check:
     if path.is_file():
         size = path.stat().st_size / 2**20
         return Check("weights", "ok", f"{path} ({size:.1f} MB)", figures | {"present": True})
-    detail = (
-        f"model.weights: no file at {path}; give a state-dict file, 'imagenet', 'none' or the "
-        f"name of weights that ship with lsearch ({', '.join(bundled_names())})"
-    )
+    detail = missing_message(path)
     return Check("weights", "fail", detail, figures | {"present": False})

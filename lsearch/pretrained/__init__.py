@@ -43,6 +43,18 @@ def weights_file(weights: str) -> Path | None:
     return Path(weights)
 
 
+def missing_message(path: Path | None) -> str:
+    """The one line for weights that name no file (what loading and `lsearch doctor` say).
+
+    >>> missing_message(Path("x.pth")).startswith("model.weights: no file at x.pth;")
+    True
+    """
+    return (
+        f"model.weights: no file at {path}; give a state-dict file, 'imagenet', 'none' or the "
+        f"name of weights that ship with lsearch ({', '.join(bundled_names())})"
+    )
+
+
 @functools.lru_cache(maxsize=16)
 def _digest(path: Path, size: int, mtime_ns: int) -> str:
     sha = hashlib.sha256()

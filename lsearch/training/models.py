@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lsearch.errors import UserError
-from lsearch.pretrained import bundled_names, file_sha256, weights_file
+from lsearch.pretrained import file_sha256, missing_message, weights_file
 from lsearch.spec import Model
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
@@ -161,10 +161,7 @@ def read_state_dict(weights: str, sha256: str | None) -> dict[str, torch.Tensor]
             ) from None
     path = weights_file(weights)
     if path is None or not path.is_file():
-        raise UserError(
-            f"model.weights: no file at {path}; give a state-dict file, 'imagenet', 'none' or "
-            f"the name of weights that ship with lsearch ({', '.join(bundled_names())})"
-        )
+        raise UserError(missing_message(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
