@@ -12,8 +12,9 @@ says why in words.
 
 This module is the one place to import them from; they live by concept in
 :mod:`lsearch.analysis.summary` (one cell: :func:`summarize`), :mod:`lsearch.analysis.paired`
-(two configurations: :func:`paired_difference`) and :mod:`lsearch.analysis.design` (power,
-Holm's correction, 2×2 effects).
+(two configurations: :func:`paired_difference`), :mod:`lsearch.analysis.design` (power,
+Holm's correction, 2×2 effects) and :mod:`lsearch.analysis.sequential` (the anytime-valid
+interval for racing seeds: :func:`sequential_interval`).
 
 Values within floating rounding of each other count as equal: the rule is in
 :mod:`lsearch.analysis.summary`.
@@ -31,6 +32,11 @@ from lsearch.analysis.paired import BOOTSTRAP_SEED as BOOTSTRAP_SEED
 from lsearch.analysis.paired import WILCOXON_MIN_N as WILCOXON_MIN_N
 from lsearch.analysis.paired import PairedDifference as PairedDifference
 from lsearch.analysis.paired import paired_difference as paired_difference
+from lsearch.analysis.sequential import far_seeds as far_seeds
+from lsearch.analysis.sequential import fewest_deciding_seeds as fewest_deciding_seeds
+from lsearch.analysis.sequential import seeds_to_decide as seeds_to_decide
+from lsearch.analysis.sequential import sequential_interval as sequential_interval
+from lsearch.analysis.sequential import sequential_multiplier as sequential_multiplier
 from lsearch.analysis.summary import CONFIDENCE as CONFIDENCE
 from lsearch.analysis.summary import Interval as Interval
 from lsearch.analysis.summary import Summary as Summary
@@ -46,9 +52,14 @@ __all__ = [
     "PairedDifference",
     "Summary",
     "TwoByTwo",
+    "far_seeds",
+    "fewest_deciding_seeds",
     "holm",
     "paired_difference",
     "seeds_for_power",
+    "seeds_to_decide",
+    "sequential_interval",
+    "sequential_multiplier",
     "summarize",
     "two_by_two",
 ]
