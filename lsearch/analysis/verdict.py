@@ -107,41 +107,51 @@ def _common_seeds(*cells: dict[str, Any]) -> list[int]:
     return sorted(set.intersection(*(set(c["per_seed"]) for c in cells)))
 
 
-def _pairs(
-    cells: Sequence[dict[str, Any]], factors: dict[str, list[Any]], metric: str
+def one_factor_pairs(
+    cells: Sequence[dict[str, Any]], factors: dict[str, list[Any]]
 ) -> list[dict[str, Any]]:
-    """Every pair of cells that differ in exactly one factor, with Holm over the pairs."""
+    """Every pair of cells that differ in exactly one factor: `first` (the later level in the
+    `--grid` order) and `second` as cell indices, the factor, its two levels and the levels
+    of the other factors (`at`)."""
     index = {tuple(c["levels"][f] for f in factors): i for i, c in enumerate(cells)}
     names = list(factors)
     pairs = []
     for factor in names:
         others = [f for f in names if f != factor]
         for rest in itertools.product(*(factors[f] for f in others)):
+            at = dict(zip(others, rest, strict=True))
             for low, high in itertools.combinations(factors[factor], 2):
-                levels_a = dict(zip(others, rest, strict=True)) | {factor: high}
-                levels_b = dict(zip(others, rest, strict=True)) | {factor: low}
-                a = index[tuple(levels_a[f] for f in names)]
-                b = index[tuple(levels_b[f] for f in names)]
-                seeds = _common_seeds(cells[a], cells[b])
-                entry: dict[str, Any] = {
-                    "metric": metric,
-                    "factor": factor,
-                    "first": a,
-                    "second": b,
-                    "first_level": high,
-                    "second_level": low,
-                    "at": dict(zip(others, rest, strict=True)),
-                    "seeds": seeds,
-                    "n": len(seeds),
-                }
-                if seeds:
-                    diff = stats.paired_difference(
-                        [cells[a]["per_seed"][s][metric] for s in seeds],
-                        [cells[b]["per_seed"][s][metric] for s in seeds],
-                        higher_is_better=metric in HIGHER_IS_BETTER,
-                    )
-                    entry.update(asdict(diff))
-                pairs.append(entry)
+                first, second = at | {factor: high}, at | {factor: low}
+                pairs.append(
+                    {
+                        "factor": factor,
+                        "first": index[tuple(first[f] for f in names)],
+                        "second": index[tuple(second[f] for f in names)],
+                        "first_level": high,
+                        "second_level": low,
+                        "at": at,
+                    }
+                )
+    return pairs
+
+
+def _pairs(
+    cells: Sequence[dict[str, Any]], factors: dict[str, list[Any]], metric: str
+) -> list[dict[str, Any]]:
+    """Every pair of cells that differ in exactly one factor, with Holm over the pairs."""
+    pairs = []
+    for pair in one_factor_pairs(cells, factors):
+        a, b = pair["first"], pair["second"]
+        seeds = _common_seeds(cells[a], cells[b])
+        entry: dict[str, Any] = {"metric": metric, **pair, "seeds": seeds, "n": len(seeds)}
+        if seeds:
+            diff = stats.paired_difference(
+                [cells[a]["per_seed"][s][metric] for s in seeds],
+                [cells[b]["per_seed"][s][metric] for s in seeds],
+                higher_is_better=metric in HIGHER_IS_BETTER,
+            )
+            entry.update(asdict(diff))
+        pairs.append(entry)
     adjusted = stats.holm([p.get("t_pvalue") for p in pairs])
     for pair, p_holm in zip(pairs, adjusted, strict=True):
         pair["t_pvalue_holm"] = p_holm

@@ -51,10 +51,13 @@ def comparison_job(
     grid: Grid | None, study: str = DEFAULT_STUDY, overrides: Overrides = None, *,
     seeds: Seeds = None, from_best: bool = False, metrics: Sequence[str] | None = None,
     storage: str | None = None, name: str | None = None, device: str = "auto",
-    workers: int = 1, threads: int | None = None,
+    workers: int = 1, threads: int | None = None, max_seeds: int = 30,
+    margin: float | None = None, decide_on: Sequence[str] | None = None,
 ) -> Job:  # fmt: skip
-    """Check every input of a comparison before anything is created."""
+    """Check every input of a comparison before anything is created (``seeds="auto"``
+    races; ``max_seeds``, ``margin`` and ``decide_on`` are the race's)."""
     from lsearch.comparison import comparison_request
+    from lsearch.comparison.request import RaceOptions
     from lsearch.store.storage import open_storage, resolve_url
     from lsearch.training.models import layer_group_count
 
@@ -66,13 +69,17 @@ def comparison_job(
     # Only --from-best reads the storage now; nothing is created before every input is checked.
     read_only = open_storage(url, must_exist=True) if from_best else None
     grid_texts = _grid_texts(grid)
+    options = RaceOptions(max_seeds, margin, tuple(decide_on or ()))
     request = comparison_request(
         spec, read_only, grid_texts, layer_group_count(spec.model), _seeds_text(seeds),
-        from_best, name, list(metrics or []),
+        from_best, name, list(metrics or []), options,
     )  # fmt: skip
+    race = request.race
     args = worker_args(
         "compare", study=study, name=request.name, device=device, set=texts, grid=grid_texts,
-        seeds=",".join(map(str, request.seeds)), from_best=from_best, threads=threads,
+        seeds="auto" if race else ",".join(map(str, request.seeds)), from_best=from_best,
+        threads=threads, max_seeds=race and race.max_seeds, margin=race and race.margin,
+        decide_on=list(race.decide_on) if race else None,
     )  # fmt: skip
     return Job(request, url, device, workers, threads, args)
 
@@ -104,6 +111,7 @@ def evaluation_job(
 def plan(job: Job) -> ComparisonPlan:
     """What the comparison would train (``--dry-run``): reads, creates nothing."""
     from lsearch.comparison import existing_comparison, pending_plans, seconds_per_seed_epoch
+    from lsearch.comparison.race import check_identity, race_start
     from lsearch.store.storage import mask_url, open_storage
 
     request = job.request
@@ -111,6 +119,8 @@ def plan(job: Job) -> ComparisonPlan:
         existing = existing_comparison(open_storage(job.url, must_exist=True), request.name)
     except UserError:  # no database yet: everything is still to train
         existing = None
+    if existing is not None:
+        check_identity(existing, request, record=False)
     pending = [
         PlannedRun(asdict(p.config), p.seed, tuple(p.test_at))
         for p in pending_plans(request, existing)
@@ -119,6 +129,7 @@ def plan(job: Job) -> ComparisonPlan:
         request.name, mask_url(job.url), request.notes,
         [(cell.label, asdict(cell.config)) for cell in request.cells], list(request.seeds),
         pending, seconds_per_seed_epoch(job.url, request),
+        None if request.race is None else race_start(request),
     )  # fmt: skip
 
 
@@ -131,6 +142,7 @@ def carry_out(
     import torch
 
     from lsearch import comparison
+    from lsearch.comparison.race import check_identity
     from lsearch.outputs.html_report import publish
     from lsearch.search.launch import check_and_load, open_spec_storage
     from lsearch.training.data import load_test_set
@@ -145,6 +157,7 @@ def carry_out(
         found = comparison.open_comparison(
             storage, request.name, request.spec, request.search_study, describe_device(device)
         )
+        check_identity(found, request)
         _train(job, (storage, found, liveness), (device, pool, test_set, cores), console)
         if train_only:
             return None
@@ -168,9 +181,13 @@ def _train(job: Job, opened: tuple[Any, Any, Any], data: tuple[Any, ...], consol
     for note in request.notes:
         console.print(note, highlight=False, markup=False)
     total = len(comparison.pending_plans(request, found))
+    if request.race is None:
+        what = f"{len(request.seeds)} seeds, {total} seed-runs to train"
+    else:
+        what = f"a race of up to {len(request.seeds)} seeds, {total} seed-runs to train now"
     console.print(
         f"comparison [bold]{request.name}[/] in {mask_url(job.url)}: {len(request.cells)} "
-        f"cells x {len(request.seeds)} seeds, {total} seed-runs to train on {device}",
+        f"cells x {what} on {device}",
         highlight=False,
     )
     with interrupts.handling_signals(), SeedRunProgress(console, total) as progress:
@@ -190,12 +207,16 @@ def compare(
     seeds: Seeds = None, from_best: bool = False, metrics: Sequence[str] | None = None,
     storage: str | None = None, name: str | None = None, device: str = "auto",
     workers: int = 1, threads: int | None = None, console: Console | None = None,
+    max_seeds: int = 30, margin: float | None = None, decide_on: Sequence[str] | None = None,
 ) -> ComparisonResult:  # fmt: skip
     """Train a full factorial grid on shared seeds, evaluate every seed on the held-out test
     set and compare the cells pairwise (``lsearch compare``). ``grid`` maps a factor to its
     levels (``{"label_smoothing": [0, 0.1]}``) or is ``--grid`` texts; ``seeds`` is a list or
-    text (``"0-4"``). A rerun trains only what is missing. The result's ``to_dict()`` is what
-    ``--json`` prints; its tables and verdicts are what the command prints.
+    text (``"0-4"``), or ``"auto"`` for a race: seeds are added only to cells of a
+    comparison still undecided, up to ``max_seeds``, deciding on ``decide_on`` (default
+    test accuracy) with an interval valid however often it is looked at, and ``margin`` (in
+    display units) for equivalence. A rerun trains only what is missing. The result's
+    ``to_dict()`` is what ``--json`` prints; its answer and tables are what the command prints.
 
     >>> import lsearch, tempfile
     >>> folder = tempfile.mkdtemp()
@@ -212,6 +233,7 @@ def compare(
     job = comparison_job(
         grid, study, overrides, seeds=seeds, from_best=from_best, metrics=metrics,
         storage=storage, name=name, device=device, workers=workers, threads=threads,
+        max_seeds=max_seeds, margin=margin, decide_on=decide_on,
     )  # fmt: skip
     result = carry_out(job, console)
     assert result is not None

@@ -142,6 +142,7 @@ class ComparisonPlan:
     seeds: list[int]
     pending: list[PlannedRun]
     seconds_per_seed_epoch: float | None  # measured in the storage; None: never timed
+    race: dict[str, Any] | None = None  # what a race starts with (comparison.race.race_start)
 
     def table(self) -> TableData:
         rows = [
@@ -168,6 +169,16 @@ class ComparisonPlan:
             f"seeds {', '.join(map(str, self.seeds))}; {len(self.pending)} seed-runs to train "
             f"({epochs} seed-epochs at most); estimated time {estimate}"
         ]
+        if self.race is not None:
+            r = self.race
+            margin = "none" if r["margin"] is None else f"±{r['margin']:g}"
+            lines[0] = (
+                f"race on {', '.join(r['decide_on'])} (margin {margin}): {r['family']} "
+                f"comparisons, α {r['alpha']:g} split to {r['alpha_split']:.2g} each; every "
+                f"cell starts at {r['start_seeds']} seeds, at most {r['max_seeds']} "
+                f"({r['fixed_design']} seed-runs on every cell); now {len(self.pending)} "
+                f"seed-runs to train ({epochs} seed-epochs at most); estimated time {estimate}"
+            )
         for run in self.pending:
             also = ", ".join(map(str, run.test_at))
             extra = f" (also read at {also} epochs)" if run.test_at else ""
@@ -198,6 +209,12 @@ class ComparisonResult:
     def later_notes(self) -> list[str]:
         """Notes the analysis added after the request's own (printed before training)."""
         return list(self.summary["notes"][len(self.request_notes) :])
+
+    def answer(self) -> list[str]:
+        """The answer in a few lines (what the command prints first)."""
+        from lsearch.analysis.answer import answer_lines
+
+        return answer_lines(self.summary)
 
     def cell_table(self) -> TableData:
         from lsearch.analysis.verdict import cell_rows

@@ -31,6 +31,10 @@ DryRunOption = Annotated[
 ]
 MarkdownOption = Annotated[bool, typer.Option("--markdown", help="Print Markdown tables")]
 QuietOption = Annotated[bool, typer.Option(help="Train only; print nothing but errors")]
+TablesOption = Annotated[
+    bool,
+    typer.Option("--tables", help="Print the cells and every paired difference after the answer"),
+]
 
 
 @user_errors
@@ -70,20 +74,39 @@ def compare(
         bool,
         typer.Option("--dry-run", help="Print the cells and what is left to train; train nothing"),
     ] = False,
+    max_seeds: Annotated[
+        int, typer.Option("--max-seeds", help="A race's most seeds per cell (with --seeds auto)")
+    ] = 30,
+    margin: Annotated[
+        float | None,
+        typer.Option(
+            help="A race's equivalence margin, in display units (pp for accuracy and ECE)"
+        ),
+    ] = None,
+    decide_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--decide-on", help="A metric a race decides on, repeatable [default: test_acc]"
+        ),
+    ] = None,
     as_json: JsonOption = False,
     markdown: MarkdownOption = False,
+    tables: TablesOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Train a full factorial grid on shared seeds, evaluate every seed on the held-out test
     set, and compare the cells pairwise with intervals and p-values.
 
-    Seeds default to the study file's seeds, or with --from-best to fresh ones.
+    Seeds default to the study file's seeds, or with --from-best to fresh ones. With
+    --seeds auto the cells race: seeds are added only where a comparison is still undecided,
+    with an interval that stays valid however often it is looked at.
     """
     job = api.comparison_job(
         grid or [], study, set_, seeds=seeds, from_best=from_best, metrics=metric,
         storage=storage, name=name, device=device, workers=workers, threads=threads,
+        max_seeds=max_seeds, margin=margin, decide_on=decide_on,
     )  # fmt: skip
-    _carry_out(job, dry_run, as_json, markdown, quiet)
+    _carry_out(job, dry_run, as_json, markdown, quiet, tables)
 
 
 @user_errors
@@ -104,6 +127,7 @@ def evaluate(
     dry_run: DryRunOption = False,
     as_json: JsonOption = False,
     markdown: MarkdownOption = False,
+    tables: TablesOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Train one configuration of a search (its best trial by default) on fresh seeds and
@@ -112,10 +136,12 @@ def evaluate(
         study, trial, seeds=seeds, metrics=metric, storage=storage, name=name,
         device=device, workers=workers, threads=threads,
     )  # fmt: skip
-    _carry_out(job, dry_run, as_json, markdown, quiet)
+    _carry_out(job, dry_run, as_json, markdown, quiet, tables)
 
 
-def _carry_out(job: api.Job, dry_run: bool, as_json: bool, markdown: bool, quiet: bool) -> None:
+def _carry_out(
+    job: api.Job, dry_run: bool, as_json: bool, markdown: bool, quiet: bool, tables: bool
+) -> None:
     """Print the plan (--dry-run), or train what is missing and print the comparison."""
     if dry_run:
         plan = api.plan(job)
@@ -139,13 +165,18 @@ def _carry_out(job: api.Job, dry_run: bool, as_json: bool, markdown: bool, quiet
     elif markdown:
         sys.stdout.write(result.to_markdown())
     else:
-        _print_result(result)
+        _print_result(result, tables)
 
 
-def _print_result(result: api.ComparisonResult) -> None:
-    """The notes the analysis added, the cells, the paired differences and the verdicts."""
+def _print_result(result: api.ComparisonResult, tables: bool) -> None:
+    """The notes the analysis added and the answer; with --tables, then the cells, the
+    paired differences and the verdicts."""
     for note in result.later_notes:
         err.print(note, highlight=False, markup=False)
+    print_lines(result.answer())
+    if not tables:
+        out.print("(the cells and every paired difference: --tables; all of it: --json)")
+        return
     # A level's interval on its own line keeps the cells table narrow.
     out.print(table(result.cell_table(), lambda text: escape(text.replace(" [", "\n["))))
     pairs = result.pair_table()

@@ -10,7 +10,7 @@ only in epochs train once, at the most epochs, and the shorter cells are read fr
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -160,8 +160,21 @@ def plan_runs(
     constant_schedule: bool,
 ) -> list[Plan]:
     """The seed-runs still to train so that every cell has every seed."""
+    wanted = list(itertools.product(cells, seeds))
+    return plan_cell_seeds(wanted, found, failed, constant_schedule)
+
+
+def plan_cell_seeds(
+    wanted: Iterable[tuple[Cell, int]],
+    found: dict[Key, Found],
+    failed: dict[Key, str],
+    constant_schedule: bool,
+) -> list[Plan]:
+    """The seed-runs that give each (cell, seed) wanted its result, unless it has one or
+    failed for a reason; under a constant learning rate the runs of one ε, lr, layers and
+    seed are one run, at the most epochs."""
     missing: dict[tuple[float, float, int, int], set[int]] = {}
-    for cell, seed in itertools.product(cells, seeds):
+    for cell, seed in wanted:
         key = key_of(cell.config, seed)
         if key in found or key in failed:
             continue
@@ -182,8 +195,12 @@ def plan_runs(
 
 
 def pending_plans(request: Request, study: optuna.Study | None) -> list[Plan]:
-    """The seed-runs the comparison still has to train."""
+    """The seed-runs the comparison still has to train (a race's: those it wants now)."""
     trials = [] if study is None else study.get_trials(deepcopy=False)
+    if request.race is not None:
+        from lsearch.comparison.race import race_plans
+
+        return race_plans(request, trials)
     found = collect(trials, request.constant_schedule)
     return plan_runs(
         request.cells, request.seeds, found, failed_keys(trials), request.constant_schedule

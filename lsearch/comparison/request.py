@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lsearch.analysis.racing import Race, family_size, start_seeds
 from lsearch.analysis.verdict import describe
 from lsearch.comparison.plan import Cell, build_cells, fresh_seeds
 from lsearch.errors import UserError
@@ -117,6 +118,7 @@ class Request:
     search_study: str  # the search this comparison belongs to (it may not exist yet)
     name: str  # the comparison study
     notes: tuple[str, ...] = ()
+    race: Race | None = None  # `--seeds auto`: seeds are the race's, `max_seeds` of them
 
     @property
     def cells(self) -> list[Cell]:
@@ -156,10 +158,49 @@ def check_seeds(seeds: list[int]) -> tuple[str, ...]:
     return ()
 
 
-def comparison_name(spec_name: str, grid: dict[str, list[float | int]], from_best: bool) -> str:
-    """The default study name of a comparison: the search's name, then its grid."""
+def comparison_name(
+    spec_name: str, grid: dict[str, list[float | int]], from_best: bool, race: bool = False
+) -> str:
+    """The default study name of a comparison: the search's name, then its grid (a race has
+    its own, so that it never continues a comparison whose numbers were already seen)."""
     text = " ".join(f"{name}={','.join(f'{v:g}' for v in levels)}" for name, levels in grid.items())
-    return f"{spec_name} compare {text}" + (" from-best" if from_best else "")
+    kind = "race" if race else "compare"
+    return f"{spec_name} {kind} {text}" + (" from-best" if from_best else "")
+
+
+@dataclass(frozen=True)
+class RaceOptions:
+    """`--max-seeds`, `--margin` and `--decide-on` as given (used with `--seeds auto`)."""
+
+    max_seeds: int = 30
+    margin: float | None = None
+    decide_on: tuple[str, ...] = ()
+
+
+def check_race(grid: dict[str, list[float | int]], options: RaceOptions) -> Race:
+    """The race the options describe, checked against the grid's family."""
+    decide_on = tuple(dict.fromkeys(options.decide_on)) or ("test_acc",)
+    unknown = [m for m in decide_on if m not in ALL_METRICS]
+    if unknown:
+        raise UserError(
+            f"--decide-on {unknown[0]}: not a metric a comparison records; use any of "
+            f"{', '.join(ALL_METRICS)}"
+        )
+    if options.margin is not None and not (math.isfinite(options.margin) and options.margin > 0):
+        raise UserError(
+            f"--margin {options.margin}: give a positive number in the metric's display units "
+            "(percentage points for accuracy and ECE, e.g. --margin 0.5)"
+        )
+    race = Race(decide_on, options.margin, options.max_seeds)
+    family = family_size(grid, decide_on)
+    start = start_seeds(race.alpha / family, race.prior_scale)
+    if options.max_seeds < start:
+        raise UserError(
+            f"--max-seeds {options.max_seeds}: the race starts every cell at {start} seeds, the "
+            f"fewest at which its interval (α {race.alpha:g} split over {family} comparisons) "
+            f"can exclude anything; use --max-seeds {start} or more"
+        )
+    return race
 
 
 def _search_study(
@@ -228,9 +269,10 @@ def comparison_request(
     from_best: bool,
     name: str | None,
     metrics: Sequence[str],
+    race_options: RaceOptions | None = None,
 ) -> Request:
     """`lsearch compare`'s options as a checked Request (the storage is read for
-    `from_best` only)."""
+    `from_best` only). `seeds_text` "auto" makes it a race (see comparison.race)."""
     if not grid_texts:
         raise UserError("give at least one --grid, e.g. --grid label_smoothing=0.1,0.15")
     grid = parse_grid(grid_texts, layer_groups)
@@ -241,6 +283,10 @@ def comparison_request(
             "give a factor two or more levels, or use `lsearch evaluate` for one configuration"
         )
     notes: tuple[str, ...] = ()
+    race = None
+    if seeds_text is not None and seeds_text.strip() == "auto":
+        race = check_race(grid, race_options or RaceOptions())
+        seeds_text = None
     if from_best:
         assert storage is not None, "--from-best reads the search from the storage"
         trial = _chosen_trial(_search_study(storage, spec.name, spec), None)
@@ -254,16 +300,25 @@ def comparison_request(
     else:
         base = TrialConfig(**spec.baseline.model_dump())
         seeds = parse_seeds(seeds_text) if seeds_text else list(spec.seeds)
-    notes += check_seeds(seeds)
+    if race is None:
+        notes += check_seeds(seeds)
+    else:
+        from lsearch.comparison.race import race_seeds
+
+        seeds = race_seeds(seeds, race.max_seeds)
+    chosen = check_metrics(metrics)
+    if race is not None:  # the metrics decided on are always reported
+        chosen = list(dict.fromkeys([*chosen, *race.decide_on]))
     return Request(
         spec=spec,
         grid=grid,
         base=base,
         seeds=seeds,
-        metrics=check_metrics(metrics),
+        metrics=chosen,
         search_study=spec.name,
-        name=name or comparison_name(spec.name, grid, from_best),
+        name=name or comparison_name(spec.name, grid, from_best, race is not None),
         notes=notes,
+        race=race,
     )
 
 

@@ -12,7 +12,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from lsearch.analysis.racing import Race
 from lsearch.comparison.plan import Cell, Found, Key, collect, failed_keys, key_of
+from lsearch.comparison.race import RACE_ATTR
 from lsearch.comparison.request import DEFAULT_METRICS, Request
 from lsearch.errors import UserError
 from lsearch.search.objective import TrialConfig
@@ -86,7 +88,8 @@ class _CellReader:
             return None
         hit = self.found.get(key)
         if hit is None:
-            self.notes.append(f"{cell.label}, seed {seed}: not trained yet; left out")
+            if self.request.race is None:  # a race trains a cell's seeds only as it needs them
+                self.notes.append(f"{cell.label}, seed {seed}: not trained yet; left out")
             return None
         self.seen_metrics |= set(hit.results)
         lacking = [metric for metric in self.request.metrics if metric not in hit.results]
@@ -139,7 +142,9 @@ class _CellReader:
 
 def summarise(request: Request, study: optuna.Study | None) -> dict[str, Any]:
     """Every number of the comparison, recomputed from the per-seed results in the study."""
+    from lsearch.analysis.racing import sequential_block
     from lsearch.analysis.verdict import analyse
+    from lsearch.comparison.race import cost
 
     trials = [] if study is None else study.get_trials(deepcopy=False)
     reader = _CellReader(request, collect(trials, request.constant_schedule), failed_keys(trials))
@@ -152,6 +157,9 @@ def summarise(request: Request, study: optuna.Study | None) -> dict[str, Any]:
             "without it); leave it out or train the cells again under a new --name"
         )
     analysis = analyse(cells, request.grid, request.metrics)
+    race = request.race or _fixed_rule(request)
+    analysis["sequential"] = sequential_block(cells, request.grid, race)
+    analysis["race"] = None if request.race is None else cost(request, trials)
     return {
         "study": request.name,
         "search_study": request.search_study,
@@ -163,6 +171,14 @@ def summarise(request: Request, study: optuna.Study | None) -> dict[str, Any]:
         "notes": reader.notes,
         **analysis,
     }
+
+
+def _fixed_rule(request: Request) -> Race:
+    """A fixed-seed comparison's anytime-valid intervals, on test accuracy (or its first
+    test metric), for the report's figures beside the ordinary ones."""
+    tested = [m for m in request.metrics if m.startswith("test_")]
+    decide_on = ("test_acc",) if "test_acc" in request.metrics else tuple(tested[:1])
+    return Race(decide_on, None, len(request.seeds))
 
 
 def record_test_use(
@@ -196,6 +212,10 @@ def request_from_study(study: optuna.Study) -> Request | None:
     attrs = study.user_attrs
     if not is_comparison(study) or SEEDS_ATTR not in attrs:
         return None
+    race = None
+    if RACE_ATTR in attrs:
+        identity = attrs[RACE_ATTR]
+        race = Race(tuple(identity["decide_on"]), identity["margin"], len(attrs[SEEDS_ATTR]))
     return Request(
         spec=StudySpec.model_validate(attrs[SPEC_ATTR]),
         grid=attrs[GRID_ATTR],
@@ -204,6 +224,7 @@ def request_from_study(study: optuna.Study) -> Request | None:
         metrics=list(attrs.get(METRICS_ATTR, DEFAULT_METRICS)),
         search_study=attrs[SEARCH_STUDY_ATTR],
         name=study.study_name,
+        race=race,
     )
 
 

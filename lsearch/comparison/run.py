@@ -10,6 +10,7 @@ crash recovery as a search.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import optuna
@@ -17,6 +18,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.comparison.plan import Key, Plan, failed_keys, key_of, pending_plans
+from lsearch.comparison.race import race_plans
 from lsearch.comparison.request import Request
 from lsearch.errors import UserError
 from lsearch.search.loop import Liveness, Step, run_trials
@@ -78,6 +80,18 @@ def open_comparison(
     return study
 
 
+Planner = Callable[[Sequence[FrozenTrial]], list[Plan]]
+"""The seed-runs a comparison wants, given the study's trials (fixed, or a race's)."""
+
+
+def as_planner(plans: Sequence[Plan] | Planner) -> Planner:
+    """A fixed list of plans as a Planner; a Planner as it is."""
+    if callable(plans):
+        return plans
+    fixed = list(plans)
+    return lambda trials: fixed
+
+
 class NothingLeft(Exception):
     """Every seed-run of the plan is taken: another worker started the last one first."""
 
@@ -99,11 +113,11 @@ class SeedRunObjective:
         self,
         objective: SearchObjective,
         test_set: TestSet,
-        plans: Sequence[Plan],
+        plans: Sequence[Plan] | Planner,
     ) -> None:
         self.objective = objective
         self.test_set = test_set
-        self.plans = list(plans)
+        self.planner = as_planner(plans)
 
     @property
     def device(self) -> torch.device:
@@ -120,7 +134,7 @@ class SeedRunObjective:
             key = _started_key(trial)
             if trial.number != own_number and busy and key is not None:
                 taken.add(key)
-        free = [plan for plan in self.plans if plan.key not in taken]
+        free = [plan for plan in self.planner(trials) if plan.key not in taken]
         if not free:
             raise NothingLeft("another worker started the last seed-run first; nothing trained")
         # Workers choosing at the same moment take different places in the list.
@@ -166,8 +180,8 @@ class SeedRunsLeft:
 
     catch: tuple[type[Exception], ...] = (NonFiniteLossError, NothingLeft)
 
-    def __init__(self, plans: Sequence[Plan]) -> None:
-        self.keys = {plan.key for plan in plans}
+    def __init__(self, plans: Sequence[Plan] | Planner) -> None:
+        self.planner = as_planner(plans)
 
     def next_step(self, trials: Sequence[FrozenTrial]) -> Step:
         """TRIAL while a retry waits or a seed-run is unstarted; WAIT while others run the
@@ -182,9 +196,10 @@ class SeedRunsLeft:
                 settled.add(key)
             elif trial.state in (TrialState.RUNNING, TrialState.WAITING):
                 started.add(key)
-        if any(t.state == TrialState.WAITING for t in trials) or self.keys - settled - started:
+        keys = {plan.key for plan in self.planner(trials)}
+        if any(t.state == TrialState.WAITING for t in trials) or keys - settled - started:
             return Step.TRIAL
-        return Step.WAIT if self.keys & started - settled else Step.STOP
+        return Step.WAIT if started - settled else Step.STOP
 
     def done_after(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Nothing ends a comparison early: next_step decides."""
@@ -203,7 +218,7 @@ def run_plans(
     every one is settled (see SeedRunsLeft). With heartbeats, a worker with nothing to start
     waits while others' runs are RUNNING, since a dead worker's run comes back as a retry;
     without them (gRPC proxy) it leaves."""
-    schedule = SeedRunsLeft(objective.plans)
+    schedule = SeedRunsLeft(objective.planner)
     run_trials(study, objective, schedule, callbacks, liveness, poll_seconds, on_wait)
 
 
@@ -220,9 +235,11 @@ def train_pending(
     storage) until none is left to start or running."""
     from lsearch.search.launch import open_checkpoints
 
-    plans = pending_plans(request, study)
-    if not plans:
+    if not pending_plans(request, study):
         return
+    plans: Sequence[Plan] | Planner = pending_plans(request, study)
+    if request.race is not None:  # recomputed from the study before every trial
+        plans = partial(race_plans, request)
     pool, test_set = data
     objective = SearchObjective(
         request.spec, pool, device, on_epoch=progress.on_epoch,

@@ -1,0 +1,213 @@
+"""Races (`lsearch compare --seeds auto`): decisions with the anytime-valid interval, the
+seed-runs a race wants, its identity, its answer, and end to end on the default study."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from lsearch.analysis.racing import Race, decide, family_size, sequential_block, start_seeds
+from lsearch.analysis.sequential import sequential_interval, sequential_multiplier
+from lsearch.api.comparison import comparison_job
+from lsearch.comparison import Request
+from lsearch.comparison.race import check_identity, race_plans, race_seeds
+from lsearch.errors import UserError
+
+ALPHA = 0.05
+G = 2.0
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def test_a_clear_difference_is_decided_at_the_first_look_that_can_exclude_zero() -> None:
+    """+1 ± 0.1 per seed: infinite intervals at 2 and 3 seeds, decided at 4 (q₄ = 12.05:
+    half-width 12.05 · 0.13/2 < 1), with the numbers of that look."""
+    diffs = [1.0, 1.1, 0.9, 1.05, 0.95, 1.0]
+    entry = decide(list(range(6)), diffs, ALPHA, G, None, 30)
+    assert entry["decision"] == "different"
+    assert entry["decided_at"] == 4 and entry["n"] == 4 and entry["seeds"] == [0, 1, 2, 3]
+    low, high = sequential_interval(diffs[:4], ALPHA, G)
+    assert entry["ci"] == {"low": low, "high": high} and low > 0
+    assert [step["low"] for step in entry["path"][:2]] == [None, None]  # n = 2, 3: unbounded
+    assert entry["mean"] == pytest.approx(sum(diffs[:4]) / 4)
+
+
+def test_a_decision_stands_when_later_seeds_would_not_decide() -> None:
+    """Seeds trained later for another comparison do not reopen a decided one."""
+    decided = decide(list(range(4)), [1.0, 1.1, 0.9, 1.05], ALPHA, G, None, 30)
+    longer = decide(list(range(7)), [1.0, 1.1, 0.9, 1.05, -5.0, 6.0, -4.0], ALPHA, G, None, 30)
+    assert longer["decided_at"] == decided["decided_at"] == 4
+    assert longer["ci"] == decided["ci"]
+
+
+def test_equivalence_within_a_margin_and_both_at_once() -> None:
+    """Inside (−margin, +margin): equivalent; excluding 0 too: different, within margin."""
+    around_zero = [0.01, -0.01, 0.02, -0.02, 0.0, 0.01, -0.01, 0.0]
+    entry = decide(list(range(8)), around_zero, ALPHA, G, 0.5, 30)
+    assert entry["decision"] == "equivalent"
+    assert entry["ci"]["low"] > -0.5 and entry["ci"]["high"] < 0.5 and entry["ci"]["low"] < 0
+    small = [0.10, 0.11, 0.09, 0.10, 0.105, 0.095]
+    both = decide(list(range(6)), small, ALPHA, G, 0.5, 30)
+    assert both["decision"] == "different, within margin"
+    assert both["ci"]["low"] > 0 and both["ci"]["high"] < 0.5
+
+
+def test_an_open_comparison_says_how_many_seeds_would_decide_it() -> None:
+    """Undecided at all its seeds: its numbers are those of all seeds, with an estimate of
+    the seeds that would decide it at this mean and spread, and a margin below the spread
+    is out of reach at --max-seeds."""
+    diffs = [0.3, -0.5, 0.8, -0.2, 0.6, 0.1]
+    entry = decide(list(range(6)), diffs, ALPHA, G, 0.05, 30)
+    assert entry["decision"] == "undecided" and entry["decided_at"] is None and entry["n"] == 6
+    more = entry["seeds_to_decide"]
+    mean, std = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
+
+    def half(n: int) -> float:
+        return sequential_multiplier(n, ALPHA, G) * std / math.sqrt(n)
+
+    assert more is not None and more > 6
+    assert half(more) < abs(mean) <= half(more - 1)
+    assert entry["margin_out_of_reach"] is True and half(30) >= 0.05
+
+
+def test_the_family_split_and_the_start_seeds() -> None:
+    """A 2 × 2 has 4 one-factor pairs; on 2 metrics 8 comparisons, α 0.05/8, start at 6
+    seeds (the interval is unbounded at 5 at that α); one comparison starts at 5."""
+    grid = {"label_smoothing": [0.1, 0.15], "epochs": [10, 20]}
+    assert family_size(grid, ["test_acc", "test_ece"]) == 8
+    assert family_size({"label_smoothing": [0, 0.1, 0.2]}, ["test_acc"]) == 3
+    assert start_seeds(0.05 / 8) == 6 and start_seeds(0.05) == 5
+    assert sequential_interval([1, 2, 3, 4, 5], 0.05 / 8)[0] == -math.inf
+    assert race_seeds([3, 4], 5) == [3, 4, 5, 6, 7] and race_seeds(list(range(9)), 4) == [
+        0,
+        1,
+        2,
+        3,
+    ]
+
+
+def _cells(per_cell: list[dict[int, float]], metric: str = "test_acc") -> list[dict[str, Any]]:
+    return [
+        {"label": f"ε {e}", "levels": {"label_smoothing": e},
+         "per_seed": {s: {metric: v} for s, v in values.items()}}
+        for e, values in zip((0.0, 0.1), per_cell, strict=True)
+    ]  # fmt: skip
+
+
+def test_a_pair_is_compared_on_the_seeds_both_its_cells_finished() -> None:
+    """Seed 2 failed in one cell: it is left out of the pair, in both cells."""
+    a = {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.5, 4: 0.55, 5: 0.6}
+    b = {0: 0.6, 1: 0.7, 3: 0.6, 4: 0.65, 5: 0.7}
+    race = Race(("test_acc",), None, 30)
+    block = sequential_block(_cells([a, b]), {"label_smoothing": [0.0, 0.1]}, race)
+    (entry,) = block["comparisons"]
+    assert entry["seeds"] == [0, 1, 3, 4] and entry["decided_at"] == 4
+    assert entry["mean"] == pytest.approx(0.1) and entry["decision"] == "different"
+    assert entry["label"] == "ε 0.1 vs 0" and block["family"] == 1
+
+
+# --------------------------------------------------------------------------- race_plans
+
+
+def _request(tmp_path: Path, grid: list[str], **race: Any) -> Request:
+    job = comparison_job(
+        grid, seeds="auto", storage=f"sqlite:///{tmp_path}/x.db", overrides={"baseline.epochs": 3},
+        **race,
+    )  # fmt: skip
+    return job.request
+
+
+def _run(request: Request, cell: int, seed: int, state: TrialState, acc: float = 0.5) -> Any:
+    """A race trial of `cell` and `seed`, as the study stores it."""
+    c = request.cells[cell].config
+    params = {"label_smoothing": c.label_smoothing, "epochs": c.epochs, "lr": c.lr,
+              "trainable_layers": c.trainable_layers, "seed": seed}  # fmt: skip
+    distributions = {
+        name: FloatDistribution(v, v) if isinstance(v, float) else IntDistribution(v, v)
+        for name, v in params.items()
+    }
+    attrs: dict[str, Any] = {"config": {k: v for k, v in params.items() if k != "seed"},
+                             "seeds": [seed]}  # fmt: skip
+    if state == TrialState.COMPLETE:
+        attrs["held_out"] = {str(c.epochs): {"test_acc": acc}}
+    if state == TrialState.FAIL:
+        attrs["fail_reason"] = "ValueError: poison"
+    return create_trial(
+        state=state, value=acc if state == TrialState.COMPLETE else None, params=params,
+        distributions=distributions, user_attrs=attrs,
+    )  # fmt: skip
+
+
+def _keys(plans: list[Any]) -> list[tuple[float, int]]:
+    return [(p.config.label_smoothing, p.seed) for p in plans]
+
+
+def test_a_race_starts_every_cell_at_its_start_seeds_seed_by_seed(tmp_path: Path) -> None:
+    request = _request(tmp_path, ["label_smoothing=0,0.3"], max_seeds=8)
+    assert request.seeds == list(range(8)) and request.name.startswith("digits-transfer race")
+    plans = race_plans(request, [])
+    assert _keys(plans) == [(e, s) for s in range(5) for e in (0.0, 0.3)]
+
+
+def test_a_race_adds_seeds_only_while_a_comparison_is_open(tmp_path: Path) -> None:
+    """Five noisy seeds: undecided, both cells want seed 5. Seed 5 running in one cell: the
+    other still wants it. Both running: the next worker takes seed 6. A failed seed is left
+    out; five clearly different seeds: decided, nothing more to train."""
+    request = _request(tmp_path, ["label_smoothing=0,0.3"], max_seeds=8)
+    noisy, apart = [0.5, 0.7, 0.4, 0.6, 0.55], [0.02, -0.01, 0.03, 0.0, -0.02]
+    done = [_run(request, cell, s, TrialState.COMPLETE, noisy[s] + apart[s] * cell)
+            for s in range(5) for cell in (0, 1)]  # fmt: skip
+    assert _keys(race_plans(request, done)) == [(0.0, 5), (0.3, 5)]
+    one = [*done, _run(request, 0, 5, TrialState.RUNNING)]
+    assert _keys(race_plans(request, one)) == [(0.3, 5)]
+    both = [*one, _run(request, 1, 5, TrialState.RUNNING)]
+    assert _keys(race_plans(request, both)) == [(0.0, 6), (0.3, 6)]
+    failed = [*done, _run(request, 0, 5, TrialState.FAIL)]
+    assert _keys(race_plans(request, failed)) == [(0.0, 6), (0.3, 6)]
+    full = [*done, *(_run(request, c, s, TrialState.COMPLETE, 0.5) for s in (5, 6, 7)
+                     for c in (0, 1))]  # fmt: skip
+    assert race_plans(request, full) == []  # every open cell at --max-seeds
+    clear = [_run(request, cell, s, TrialState.COMPLETE, 0.5 + 0.3 * cell + 0.01 * (s % 2))
+             for s in range(5) for cell in (0, 1)]  # fmt: skip
+    assert race_plans(request, clear) == []
+
+
+def test_a_race_refuses_another_hypothesis_and_mixing_with_fixed_seeds(tmp_path: Path) -> None:
+    request = _request(tmp_path, ["label_smoothing=0,0.3"], max_seeds=8)
+    study = optuna.create_study()
+    check_identity(study, request)
+    check_identity(study, request)  # the same again: fine
+    other = _request(tmp_path, ["label_smoothing=0,0.3"], max_seeds=12, margin=0.5)
+    with pytest.raises(UserError, match="same --decide-on and --margin, or pass --name"):
+        check_identity(study, other)
+    more = _request(tmp_path, ["label_smoothing=0,0.3"], max_seeds=12)
+    check_identity(study, more)  # a larger budget continues it
+    fixed = comparison_job(["label_smoothing=0,0.3"], seeds="0-4").request
+    with pytest.raises(UserError, match="is a race"):
+        check_identity(study, fixed)
+    trained = optuna.create_study()
+    trained.add_trial(_run(request, 0, 0, TrialState.COMPLETE))
+    with pytest.raises(UserError, match="trained on fixed seeds; pass --name"):
+        check_identity(trained, request)
+
+
+@pytest.mark.parametrize(
+    ("race", "message"),
+    [
+        ({"max_seeds": 5, "decide_on": ["test_acc", "test_ece"]},
+         "--max-seeds 5: the race starts every cell at 6 seeds"),
+        ({"margin": -1.0}, "--margin -1.0: give a positive number"),
+        ({"decide_on": ["val_f1"]}, "--decide-on val_f1: not a metric"),
+    ],
+)  # fmt: skip
+def test_race_options_are_checked(tmp_path: Path, race: dict[str, Any], message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        _request(tmp_path, ["label_smoothing=0,0.3", "epochs=2,3"], **race)
