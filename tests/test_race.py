@@ -13,6 +13,7 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+import lsearch
 from lsearch.analysis.racing import Race, decide, family_size, sequential_block, start_seeds
 from lsearch.analysis.sequential import sequential_interval, sequential_multiplier
 from lsearch.api.comparison import comparison_job
@@ -211,3 +212,54 @@ def test_a_race_refuses_another_hypothesis_and_mixing_with_fixed_seeds(tmp_path:
 def test_race_options_are_checked(tmp_path: Path, race: dict[str, Any], message: str) -> None:
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         _request(tmp_path, ["label_smoothing=0,0.3", "epochs=2,3"], **race)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _race(tmp_path: Path, grid: dict[str, list[Any]], **options: Any) -> dict[str, Any]:
+    overrides = {"baseline.epochs": 3, "checkpoint.location": f"{tmp_path}/artifacts"}
+    result = lsearch.compare(
+        grid, overrides=overrides, seeds="auto", storage=f"sqlite:///{tmp_path}/race.db",
+        device="cpu", **options,
+    )  # fmt: skip
+    return result.to_dict()
+
+
+def _trained(tmp_path: Path, name: str) -> list[tuple[Any, ...]]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/race.db")
+    return [tuple(t.params.values()) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+
+
+def test_a_race_decides_early_reruns_nothing_and_a_larger_budget_continues(
+    tmp_path: Path,
+) -> None:
+    """On the default study: a linear probe against fine-tuning every layer is decided at the
+    start seeds, with fewer seed-runs than --max-seeds on every cell, and a rerun trains
+    nothing; two all-but-identical cells stay undecided at --max-seeds, and a larger
+    --max-seeds continues them."""
+    clear = _race(tmp_path, {"trainable_layers": [1, 4]}, max_seeds=8)
+    (entry,) = clear["sequential"]["comparisons"]
+    assert entry["decision"] == "different" and entry["decided_at"] == 5
+    assert clear["race"] == {"max_seeds": 8, "trained": 10, "fixed_design": 16, "done": True}
+    trained = _trained(tmp_path, clear["study"])
+    assert len(trained) == 10 == len(set(trained))
+    again = _race(tmp_path, {"trainable_layers": [1, 4]}, max_seeds=8)
+    assert _trained(tmp_path, clear["study"]) == trained and again["race"]["trained"] == 10
+
+    same = _race(tmp_path, {"label_smoothing": [0, 1e-9]}, max_seeds=5)
+    (entry,) = same["sequential"]["comparisons"]
+    assert entry["decision"] == "undecided" and same["race"]["trained"] == 10
+    longer = _race(tmp_path, {"label_smoothing": [0, 1e-9]}, max_seeds=7)
+    (entry,) = longer["sequential"]["comparisons"]
+    assert entry["n"] == 7 and entry["seeds"] == list(range(7))
+    assert longer["race"] == {"max_seeds": 7, "trained": 14, "fixed_design": 14, "done": True}
+
+
+def test_two_workers_race_one_grid_without_training_a_seed_run_twice(tmp_path: Path) -> None:
+    result = _race(tmp_path, {"trainable_layers": [1, 4]}, max_seeds=8, workers=2, threads=1)
+    trained = _trained(tmp_path, result["study"])
+    assert len(trained) == len(set(trained)) == result["race"]["trained"]
+    assert result["race"]["done"] and result["sequential"]["comparisons"][0]["decided_at"] == 5
+    # At most one seed-run per worker beyond what a lone worker trains (10).
+    assert 10 <= len(trained) <= 12
