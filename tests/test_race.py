@@ -263,3 +263,67 @@ def test_two_workers_race_one_grid_without_training_a_seed_run_twice(tmp_path: P
     assert result["race"]["done"] and result["sequential"]["comparisons"][0]["decided_at"] == 5
     # At most one seed-run per worker beyond what a lone worker trains (10).
     assert 10 <= len(trained) <= 12
+
+
+def test_the_cli_prints_the_answer_first_and_the_tables_on_request(tmp_path: Path) -> None:
+    """A finished race rerun from the command line: the answer in a few lines (the family,
+    the decision, the cost), nothing trained; --tables adds the tables; --dry-run says what
+    the race starts with."""
+    from tests.conftest import run_lsearch
+
+    _race(tmp_path, {"trainable_layers": [1, 4]}, max_seeds=8)
+    args = ["compare", "--grid", "trainable_layers=1,4", "--seeds", "auto", "--max-seeds", "8",
+            "--set", "baseline.epochs=3", "--set", f"checkpoint.location={tmp_path}/artifacts",
+            "--storage", f"sqlite:///{tmp_path}/race.db", "--device", "cpu"]  # fmt: skip
+    answer = run_lsearch(*args, cwd=tmp_path)
+    assert answer.returncode == 0, answer.stderr
+    lines = answer.stdout.splitlines()
+    assert len(lines) <= 15
+    assert lines[0].startswith("race: 1 comparisons, α 0.05 kept over all of them")
+    assert "every cell started at 5 seeds" in lines[0]
+    assert lines[1] == "test accuracy"
+    assert lines[2].startswith("  layers 4 vs 1: +") and "different at 5 seeds" in lines[2]
+    assert "cost: 10 seed-runs trained against 16 for 8 seeds on every cell (0.62); done" in (
+        answer.stdout
+    )
+    assert "0 seed-runs to train now" in answer.stderr
+    tables = run_lsearch(*args, "--tables", cwd=tmp_path)
+    assert "paired differences" in tables.stdout and "paired differences" not in answer.stdout
+    dry = run_lsearch(*args, "--max-seeds", "9", "--dry-run", cwd=tmp_path)
+    assert "race on test_acc (margin none): 1 comparisons, α 0.05 split to 0.05 each" in (
+        dry.stdout
+    )
+    assert "every cell starts at 5 seeds, at most 9 (18 seed-runs on every cell)" in dry.stdout
+
+
+def test_effects_and_far_seeds_in_a_race_s_numbers() -> None:
+    """A 2 × 2: both main effects and the interaction with the anytime interval at the split
+    α on the seeds all four cells share; a seed far from the others is named."""
+    seeds = range(8)
+    base = [0.80, 0.82, 0.81, 0.79, 0.80, 0.81, 0.82, 0.80]
+    shift = {(0, 0): 0.0, (1, 0): 0.05, (0, 1): 0.01, (1, 1): 0.07}
+    jitter = [0.001, -0.002, 0.0, 0.002, -0.001, 0.001, 0.0, -0.001]
+    cells = [
+        {"label": f"{e}/{k}", "levels": {"label_smoothing": e, "epochs": k},
+         "per_seed": {s: {"test_acc": base[s] + shift[i, j] + (i * j) * jitter[s]}
+                      for s in seeds if not (i == j == 1 and s == 7)}}
+        for i, e in enumerate((0.0, 0.1)) for j, k in enumerate((10, 20))
+    ]  # fmt: skip
+    block = sequential_block(
+        cells, {"label_smoothing": [0.0, 0.1], "epochs": [10, 20]}, Race(("test_acc",), None, 8)
+    )
+    effects = block["effects"]["test_acc"]
+    assert effects["n"] == 7 and effects["seeds"] == list(range(7))
+    assert block["alpha_split"] == pytest.approx(0.05 / 4)
+    assert effects["first_main"]["mean"] == pytest.approx(0.055, abs=1e-3)
+    assert effects["interaction"]["mean"] == pytest.approx(0.01, abs=1e-3)
+    low, high = sequential_interval(
+        [(cells[2]["per_seed"][s]["test_acc"] + cells[3]["per_seed"][s]["test_acc"]
+          - cells[0]["per_seed"][s]["test_acc"] - cells[1]["per_seed"][s]["test_acc"]) / 2
+         for s in range(7)], 0.05 / 4,
+    )  # fmt: skip
+    assert effects["first_main"]["ci"] == {"low": pytest.approx(low), "high": pytest.approx(high)}
+    noisy = [0.01, -0.012, 0.009, -0.011, 0.0, 0.3, 0.011, -0.01]
+    entry = decide(list(range(10, 18)), noisy, 0.05, G, None, 30)
+    assert entry["decision"] == "undecided"
+    assert entry["far_seeds"] == [{"seed": 15, "difference": 0.3}]
