@@ -29,7 +29,8 @@ def report(
     """Draw a search and its comparisons (``lsearch report``): one self-contained HTML file
     (plotly.js embedded, opens offline), or a folder of png/svg files; the same figures and
     verdicts are stored in the studies for optuna-dashboard. ``study`` is the search
-    (default: the only one in the storage).
+    (default: the only one in the storage), or a comparison to report on its own; a storage
+    with comparisons and no search (a lone ``lsearch compare``) reports every comparison.
 
     >>> import lsearch, tempfile
     >>> folder = tempfile.mkdtemp()
@@ -42,23 +43,31 @@ def report(
     >>> written.written[0].name, written.figures > 0
     ('report.html', True)
     """
+    import optuna
+
     from lsearch.outputs import html_report
     from lsearch.outputs.export import write_atomic
-    from lsearch.store.catalog import pick_study
+    from lsearch.store.catalog import report_studies
     from lsearch.store.storage import open_storage, resolve_url
 
     if image_format not in ("html", "png", "svg"):
         raise UserError(f"--format {image_format!r}: use html, png or svg")
     quiet_libraries()
     opened = open_storage(resolve_url(storage), must_exist=True)
-    search = pick_study(opened, study, search_only=True)
-    sections, verdicts = html_report.publish(opened, search.study_name)
+    search, comparisons = report_studies(opened, study)
+    if search is None:
+        sections, verdicts = html_report.publish(opened, None, comparisons=comparisons)
+        names = comparisons
+    else:
+        sections, verdicts = html_report.publish(opened, search)
+        names = [search]
     if not sections:
-        raise UserError(f"study '{search.study_name}' has nothing to report yet; run it first")
+        raise UserError(f"study '{search}' has nothing to report yet; run it first")
     figures = sum(len(section.figures) for section in sections)
     target = Path(output)
     if image_format == "html":
-        write_atomic(target, html_report.render_html(search, sections))
+        studies = [optuna.load_study(study_name=name, storage=opened) for name in names]
+        write_atomic(target, html_report.render_html(studies, sections))
         return Report([target], figures, verdicts)
     return Report(html_report.write_images(target, sections, image_format), figures, verdicts)
 

@@ -81,8 +81,9 @@ def report(
         str, typer.Option("--format", help="html (one self-contained file), png or svg")
     ] = "html",
 ) -> None:
-    """Draw a search and its comparisons: one self-contained HTML file (plotly.js embedded,
-    opens offline), and the same figures and verdicts stored in the studies for
+    """Draw a search and its comparisons, or with --study a comparison on its own (a
+    storage of comparisons alone: all of them): one self-contained HTML file (plotly.js
+    embedded, opens offline), and the same figures and verdicts stored in the studies for
     optuna-dashboard."""
     written = api.report(study, storage, output, image_format)
     if image_format == "html":

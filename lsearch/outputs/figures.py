@@ -55,40 +55,152 @@ def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
 # ----------------------------------------------------------------------------- search views
 
 
+def bounds(metric: str) -> tuple[float, float | None]:
+    """The range a metric's values can take, in display units: accuracy and ECE in
+    [0, 100] %, NLL and Brier at least 0.
+
+    >>> bounds("test_acc"), bounds("val_ece"), bounds("test_nll")
+    ((0.0, 100.0), (0.0, 100.0), (0.0, None))
+    """
+    return (0.0, 100.0) if in_points(metric) else (0.0, None)
+
+
+def clip_interval(metric: str, low: float, high: float) -> tuple[float, float, str]:
+    """A t interval (display units) clipped to the metric's range, and a note saying so
+    (empty where nothing was clipped): a t interval is symmetric, so over few seeds near a
+    bound it reaches values no run can have.
+
+    >>> clip_interval("val_acc", 96.0, 101.5)
+    (96.0, 100.0, 't interval [96.00, 101.50] clipped at 100: the metric cannot go beyond')
+    >>> clip_interval("test_ece", 1.0, 2.0)
+    (1.0, 2.0, '')
+    """
+    floor, ceiling = bounds(metric)
+    new_low = max(low, floor)
+    new_high = high if ceiling is None else min(high, ceiling)
+    if (new_low, new_high) == (low, high):
+        return low, high, ""
+    at = ", ".join(f"{b:g}" for b, hit in ((floor, new_low != low), (ceiling, new_high != high))
+                   if hit)  # fmt: skip
+    note = f"t interval [{low:.2f}, {high:.2f}] clipped at {at}: the metric cannot go beyond"
+    return new_low, new_high, note
+
+
+def _clip_marks(
+    positions: Sequence[Any], ends: Sequence[float], notes: Sequence[str], vertical: bool
+) -> go.Scatter:
+    """A bar across each interval end cut at a bound, with the note as its hover text."""
+    symbol = "line-ew" if vertical else "line-ns"
+    xy = {"x": positions, "y": ends} if vertical else {"x": ends, "y": positions}
+    return go.Scatter(
+        **xy, mode="markers", name="interval clipped at the metric's bound (hover)",
+        marker={"symbol": symbol, "size": 16, "line": {"width": 3, "color": "#d62728"}},
+        hovertext=notes, hoverinfo="text",
+    )  # fmt: skip
+
+
+def _errors(
+    metric: str, means: Sequence[float], halves: Sequence[tuple[float, float] | None]
+) -> tuple[dict[str, Any], list[str], list[tuple[int, float]]]:
+    """Error bars (display units) for `means` with t intervals `halves` (low, high, or None)
+    clipped to the metric's range; each point's note, and the (index, clipped end) pairs."""
+    plus, minus, notes, cut = [], [], [], []
+    for i, (mean, interval) in enumerate(zip(means, halves, strict=True)):
+        if interval is None:
+            plus.append(0.0)
+            minus.append(0.0)
+            notes.append("")
+            continue
+        low, high, note = clip_interval(metric, *interval)
+        plus.append(high - mean)
+        minus.append(mean - low)
+        notes.append(note)
+        cut += [(i, end) for end, raw in ((low, interval[0]), (high, interval[1])) if end != raw]
+    bars = {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus,
+            "visible": True}  # fmt: skip
+    return bars, notes, cut
+
+
+def _padded_range(metric: str, values: Sequence[float]) -> list[float]:
+    floor, ceiling = bounds(metric)
+    low, high = min(values), max(values)
+    pad = max(0.08 * (high - low), 0.5 if in_points(metric) else 0.005)
+    top = high + pad if ceiling is None else min(high + pad, ceiling + pad / 2)
+    return [max(low - pad, floor - pad / 2), top]
+
+
 def epsilon_scatter(trials: Sequence[FrozenTrial], metric: str) -> go.Figure:
-    """ε against a validation metric: every seed a small point, each trial's mean with its
-    95 % interval over seeds; pruned trials in red crosses (their value at the best epoch
-    before they were stopped)."""
+    """ε against a validation metric, scaled to the complete trials: every seed a small
+    point, each complete trial's mean with its 95 % t interval over seeds (clipped at the
+    metric's bounds, with a mark and a hover note where it was); pruned trials as light red
+    crosses at their mean (at the best epoch before they were stopped), without intervals,
+    and those outside the complete trials' range counted in a note."""
     scale = _scale(metric)
     fig = go.Figure()
-    for state, name in ((TrialState.COMPLETE, "complete"), (TrialState.PRUNED, "pruned")):
-        chosen = [t for t in trials if t.state == state and f"{metric}_per_seed" in t.user_attrs]
-        xs, seeds_x, seeds_y, means, errors, texts = [], [], [], [], [], []
-        for trial in chosen:
-            eps = trial.user_attrs[CONFIG_ATTR]["label_smoothing"]
-            values = [v * scale for v in trial.user_attrs[f"{metric}_per_seed"]]
-            mean, half = _mean_ci(values)
-            xs.append(eps)
-            means.append(mean)
-            errors.append(half)
-            texts.append(f"trial {trial.number}")
-            seeds_x += [eps] * len(values)
-            seeds_y += values
-        marker = PRUNED_MARKER if state == TrialState.PRUNED else {"color": COMPLETE_COLOR}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE
+                and f"{metric}_per_seed" in t.user_attrs]  # fmt: skip
+    pruned = [t for t in trials if t.state == TrialState.PRUNED
+              and f"{metric}_per_seed" in t.user_attrs]  # fmt: skip
+    xs, seeds_x, seeds_y, means, intervals, texts = [], [], [], [], [], []
+    for trial in complete:
+        eps = trial.user_attrs[CONFIG_ATTR]["label_smoothing"]
+        values = [v * scale for v in trial.user_attrs[f"{metric}_per_seed"]]
+        mean, half = _mean_ci(values)
+        xs.append(eps)
+        means.append(mean)
+        intervals.append((mean - half, mean + half) if half else None)
+        texts.append(f"trial {trial.number}")
+        seeds_x += [eps] * len(values)
+        seeds_y += values
+    bars, notes, cut = _errors(metric, means, intervals)
+    fig.add_trace(
+        go.Scatter(
+            x=seeds_x, y=seeds_y, mode="markers", name="complete: one seed",
+            marker={"color": COMPLETE_COLOR, "size": 4, "opacity": 0.35}, hoverinfo="skip",
+        )
+    )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=xs, y=means, mode="markers", name="complete: mean ± 95 % t interval",
+            hovertext=[f"{t}: {m:.2f}" + (f"; {n}" if n else "")
+                       for t, m, n in zip(texts, means, notes, strict=True)],
+            hoverinfo="text", error_y={**bars, "thickness": 1},
+            marker={"color": COMPLETE_COLOR, "size": 9},
+        )
+    )  # fmt: skip
+    if cut:
         fig.add_trace(
-            go.Scatter(
-                x=seeds_x, y=seeds_y, mode="markers", name=f"{name}: one seed",
-                marker={**marker, "size": 4, "opacity": 0.35}, hoverinfo="skip",
-            )
+            _clip_marks([xs[i] for i, _ in cut], [e for _, e in cut],
+                        [notes[i] for i, _ in cut], vertical=True)
         )  # fmt: skip
-        fig.add_trace(
-            go.Scatter(
-                x=xs, y=means, mode="markers", name=f"{name}: mean ± 95 % CI", text=texts,
-                error_y={"type": "data", "array": errors, "visible": True, "thickness": 1},
-                marker={**marker, "size": 9},
-            )
-        )  # fmt: skip
-    return _layout(fig, f"ε against {LABELS[metric]}", "label smoothing ε", _unit(metric))
+    pruned_means = [scale * statistics.fmean(t.user_attrs[f"{metric}_per_seed"]) for t in pruned]
+    fig.add_trace(
+        go.Scatter(
+            x=[t.user_attrs[CONFIG_ATTR]["label_smoothing"] for t in pruned], y=pruned_means,
+            mode="markers", name="pruned: mean at its best epoch (no interval)",
+            marker={**PRUNED_MARKER, "size": 7, "opacity": 0.4},
+            hovertext=[f"trial {t.number} (pruned): {m:.2f}"
+                       for t, m in zip(pruned, pruned_means, strict=True)],
+            hoverinfo="text",
+        )
+    )  # fmt: skip
+    fig = _layout(fig, f"ε against {LABELS[metric]}", "label smoothing ε", _unit(metric))
+    if seeds_y:
+        shown = seeds_y + [v for interval in intervals if interval for v in interval]
+        _fit_axis(fig, metric, shown, pruned_means)
+    return fig
+
+
+def _fit_axis(fig: go.Figure, metric: str, shown: list[float], others: list[float]) -> None:
+    """Scale the y axis to `shown` (clipped to the metric's bounds, padded) and say in the
+    title how many of `others` (pruned trials) it leaves out."""
+    low, high, _ = clip_interval(metric, min(shown), max(shown))
+    span = _padded_range(metric, [low, high])
+    fig.update_yaxes(range=span)
+    outside = sum(not span[0] <= value <= span[1] for value in others)
+    if outside:
+        fig.update_layout(title=f"{fig.layout.title.text} (axis fits the complete trials; "
+                          f"{outside} pruned trials lie outside it)")  # fmt: skip
 
 
 def learning_curves(trials: Sequence[FrozenTrial], best: Sequence[FrozenTrial]) -> go.Figure:
@@ -240,21 +352,27 @@ def cell_means(result: dict[str, Any], metric: str) -> go.Figure:
     """Each cell's mean with its 95 % interval over seeds, and every seed's value."""
     scale = _scale(metric)
     fig = go.Figure()
-    labels = [c["label"] for c in result["cells"]]
-    summaries = [c["metrics"][metric] for c in result["cells"]]
+    cells = [c for c in result["cells"] if c["metrics"].get(metric)]  # a failed cell has none
+    labels = [c["label"] for c in cells]
+    summaries = [c["metrics"][metric] for c in cells]
+    means = [scale * s["mean"] for s in summaries]
+    intervals = [(scale * s["ci"]["low"], scale * s["ci"]["high"]) if s["ci"] else None
+                 for s in summaries]  # fmt: skip
+    bars, notes, cut = _errors(metric, means, intervals)
     fig.add_trace(
         go.Scatter(
-            x=[scale * s["mean"] for s in summaries], y=labels, mode="markers",
-            name="mean ± 95 % CI", marker={"size": 10, "color": COMPLETE_COLOR},
-            error_x={
-                "type": "data", "symmetric": False,
-                "array": [scale * (s["ci"]["high"] - s["mean"]) if s["ci"] else 0
-                          for s in summaries],
-                "arrayminus": [scale * (s["mean"] - s["ci"]["low"]) if s["ci"] else 0
-                               for s in summaries],
-            },
+            x=means, y=labels, mode="markers", name="mean ± 95 % t interval",
+            marker={"size": 10, "color": COMPLETE_COLOR}, error_x=bars,
+            hovertext=[f"{label}: {m:.4g}" + (f"; {n}" if n else "")
+                       for label, m, n in zip(labels, means, notes, strict=True)],
+            hoverinfo="text",
         )
     )  # fmt: skip
+    if cut:
+        fig.add_trace(
+            _clip_marks([labels[i] for i, _ in cut], [e for _, e in cut],
+                        [notes[i] for i, _ in cut], vertical=False)
+        )  # fmt: skip
     xs = [scale * v for s in summaries for v in s["per_seed"]]
     ys = [label for label, s in zip(labels, summaries, strict=True) for _ in s["per_seed"]]
     fig.add_trace(

@@ -23,6 +23,7 @@ from lsearch.errors import UserError
 from lsearch.outputs.sections import (
     Section,
     build_sections,
+    comparison_only_sections,
     comparison_section,
     reliability_section,
 )
@@ -47,18 +48,26 @@ pre {{ font-size: 0.8em; overflow-x: auto; background: #f7f7f7; padding: 1em; }}
 """
 
 
-def render_html(study: optuna.Study, sections: Sequence[Section]) -> str:
-    """The whole page: every section in order, plotly.js embedded, and a note when the study
-    is still running."""
+def render_html(studies: optuna.Study | Sequence[optuna.Study], sections: Sequence[Section]) -> str:
+    """The whole page: every section in order, plotly.js embedded, and a note when a study
+    is still running. `studies`: the search, or the comparisons reported without one."""
     from plotly.offline import get_plotlyjs
 
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    studies = [studies] if isinstance(studies, optuna.Study) else list(studies)
+    running = [
+        trial
+        for study in studies
+        for trial in study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)
+        )
+    ]
     status = (
         f'<p class="status">This study is still running ({len(running)} trials running or '
         "waiting): the report shows what was finished when it was made.</p>"
         if running
         else ""
     )
+    name = studies[0].study_name if len(studies) == 1 else f"{len(studies)} comparisons"
     parts = []
     for section in sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
@@ -70,10 +79,12 @@ def render_html(study: optuna.Study, sections: Sequence[Section]) -> str:
                 figure.to_html(full_html=False, include_plotlyjs=False, div_id=graph_id,
                                config={"displaylogo": False})
             )  # fmt: skip
+        parts += section.below
     made = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return PAGE.format(
-        title=html.escape(f"lsearch report: {study.study_name}"),
-        subtitle=f"Made {made} from the study in its storage.",
+        title=html.escape(f"lsearch report: {name}"),
+        subtitle=f"Made {made} from the {'study' if len(studies) == 1 else 'studies'} in "
+        "its storage.",
         plotly=get_plotlyjs(),
         status=status,
         body="\n".join(parts),
@@ -117,34 +128,73 @@ def verdict_note(title: str, verdicts: Sequence[str], extra: str = "") -> str:
     return "\n".join(lines) + ("\n\n" + extra if extra else "") + "\n"
 
 
-def publish(
+def named_comparison_results(
     storage: optuna.storages.BaseStorage,
-    search_study: str | None,
-    *,
+    names: Sequence[str],
     summaries: Mapping[str, dict[str, Any]] | None = None,
-) -> tuple[list[Section], list[str]]:
-    """Make the report of a search (when it exists) and of its comparisons, and store their
-    figures and verdicts in each study for optuna-dashboard (same ids: replaced).
+) -> list[tuple[optuna.Study, dict[str, Any]]]:
+    """The comparison studies `names` with their numbers (from `summaries` where given),
+    less those whose first run never finished recording its request."""
+    from lsearch.comparison import request_from_study, summarise
 
-    `summaries` maps a comparison study's name to what `summarise` returned for it: such a
-    comparison is not summarised again (a command that just computed its numbers passes
-    them); every other linked comparison is summarised from its trials."""
+    given = summaries or {}
+    found = []
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        request = request_from_study(study)
+        if name in given:
+            found.append((study, given[name]))
+        elif request is not None:
+            found.append((study, summarise(request, study)))
+    return found
+
+
+def _store_comparisons(results: Sequence[tuple[optuna.Study, dict[str, Any]]]) -> None:
     from lsearch.analysis.verdict import to_markdown
 
-    names = set(study_names(storage))
-    results = comparison_results(storage, search_study, summaries) if search_study else []
     for study, result in results:
         save_to_dashboard(
             study,
             [comparison_section(result), reliability_section([result], None, study.study_name)],
             verdict_note(result["study"], result["verdicts"], to_markdown(result)),
         )
+
+
+def publish(
+    storage: optuna.storages.BaseStorage,
+    search_study: str | None,
+    *,
+    summaries: Mapping[str, dict[str, Any]] | None = None,
+    comparisons: Sequence[str] | None = None,
+) -> tuple[list[Section], list[str]]:
+    """Make the report of a search (when it exists) and of its comparisons, and store their
+    figures and verdicts in each study for optuna-dashboard (same ids: replaced).
+
+    `summaries` maps a comparison study's name to what `summarise` returned for it: such a
+    comparison is not summarised again (a command that just computed its numbers passes
+    them); every other linked comparison is summarised from its trials. `comparisons`
+    names comparison studies to report on their own instead (no search: a lone `lsearch
+    compare`, or `--study` naming a comparison); `search_study` is then not read."""
+    if comparisons is not None:
+        found = named_comparison_results(storage, comparisons, summaries)
+        if not found:
+            raise UserError(
+                f"comparison '{comparisons[0]}' has no recorded results yet; run its "
+                "`lsearch compare` command again to finish it"
+            )
+        _store_comparisons(found)
+        results = [result for _, result in found]
+        return comparison_only_sections(results), [v for r in results for v in r["verdicts"]]
+    names = set(study_names(storage))
+    found = comparison_results(storage, search_study, summaries) if search_study else []
+    _store_comparisons(found)
+    results = [result for _, result in found]
     if search_study is None or search_study not in names:
-        return [], [v for _, result in results for v in result["verdicts"]]
+        return [], [v for result in results for v in result["verdicts"]]
     search = optuna.load_study(study_name=search_study, storage=storage)
     if not search.get_trials(deepcopy=False, states=FINISHED):
-        return [], [v for _, result in results for v in result["verdicts"]]
-    sections, verdicts = build_sections(search, [result for _, result in results])
+        return [], [v for result in results for v in result["verdicts"]]
+    sections, verdicts = build_sections(search, results)
     save_to_dashboard(search, sections, verdict_note(search_study, verdicts))
     return sections, verdicts
 

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lsearch.analysis.verdict import LABELS, cell_rows, pair_rows, show_level
 from lsearch.errors import UserError
+from lsearch.outputs import answer
 from lsearch.outputs.figures import (
     cell_means,
     epsilon_epochs_map,
@@ -45,6 +46,7 @@ class Section:
     text: str = ""
     figures: list[tuple[str, go.Figure]] = field(default_factory=list)  # (stable id, figure)
     tables: list[str] = field(default_factory=list)  # HTML
+    below: list[str] = field(default_factory=list)  # HTML after the figures
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -64,19 +66,31 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-HEADLINE_METRICS = ("test_acc", "test_ece")
-
-
 def answer_section(comparisons: Sequence[dict[str, Any]]) -> Section:
-    """The verdicts first: for each comparison, the 2 × 2 decomposition (when there is one)
-    and the test accuracy and ECE comparisons; every other verdict folded below."""
-    items, rest = [], []
+    """The answer first, as a picture: per comparison a forest of its effects (the 2 × 2
+    effects, or its pairwise differences) with their t and anytime-valid intervals, and for a
+    race its intervals against the number of seeds; below, one line per decision, every
+    other verdict folded away."""
+    section = Section(
+        "The answer",
+        "Test-set numbers (data no search or epoch choice saw): differences with their 95 % "
+        "intervals over seeds. Blue: the ordinary t interval, valid for a number of seeds "
+        "fixed in advance; orange, where computed: the anytime-valid interval, valid however "
+        "often seeds were added and looked at. An interval that crosses the dashed zero line "
+        "shows no difference.",
+    )
+    lines, rest = [], []
     for result in comparisons:
-        for metric in result["metrics"]:
-            lines = [pair["verdict"] for pair in result["comparisons"][metric]]
-            if result.get("factorial"):
-                lines.insert(0, result["factorial"][metric]["verdict"])
-            (items if metric in HEADLINE_METRICS else rest).extend(lines)
+        digest = answer.digest(result["study"])
+        forest_figure = answer.answer_forest(result)
+        if forest_figure is not None:
+            section.figures.append((f"lsearch-answer-{digest}", forest_figure))
+        race = answer.race_paths(result)
+        if race is not None:
+            section.figures.append((f"lsearch-race-{digest}", race))
+        decided = answer.decision_lines(result)
+        lines += decided
+        rest += [v for v in result["verdicts"] if v not in decided]
         if not any(result["comparisons"][m] for m in result["metrics"]):
             # A one-cell comparison (lsearch evaluate): its test numbers are the answer.
             cell = result["cells"][0]
@@ -85,20 +99,9 @@ def answer_section(comparisons: Sequence[dict[str, Any]]) -> Section:
                 for m in result["metrics"]
                 if cell["metrics"].get(m)
             ]
-            items.append(f"{result['study']} ({cell['label']}): " + "; ".join(shown))
-    body = "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in items) + "</ul>"
-    if rest:
-        body += (
-            f"<details><summary>All other verdicts ({len(rest)})</summary><ul>"
-            + "".join(f"<li>{html.escape(v)}</li>" for v in rest)
-            + "</ul></details>"
-        )
-    return Section(
-        "The answer",
-        "Test-set numbers (data no search or epoch choice saw), as mean differences with 95 % "
-        "intervals over seeds; p-values are Holm-adjusted within each metric.",
-        tables=[body],
-    )
+            lines.append(f"{result['study']} ({cell['label']}): " + "; ".join(shown))
+    section.below.append(answer.answer_html(lines, rest))
+    return section
 
 
 def glance(study: optuna.Study, spec: dict[str, Any] | None) -> Section:
@@ -168,9 +171,12 @@ def build_sections(
     section = Section(
         "Label smoothing against accuracy and calibration",
         "Validation metrics at each trial's chosen epoch (optimistic: the epoch was chosen on "
-        "them). Small points are single seeds; large points are a trial's mean with its 95 % "
-        "t interval over seeds; red crosses are pruned trials, at their best epoch before "
-        "the pruner stopped them.",
+        "them). Small points are single seeds; large points are a complete trial's mean with "
+        "its 95 % t interval over seeds, cut at the metric's bounds (0 and 100 %) where it "
+        "would cross them, with a red bar there (hover it for the whole t interval). Light "
+        "red crosses are pruned trials' means at their best epoch before the pruner stopped "
+        "them, without intervals; the axis fits the complete trials, so pruned trials far "
+        "below them are left off and counted in the title.",
     )
     section.figures += [
         ("lsearch-epsilon-val-acc", epsilon_scatter(trials, "val_acc")),
@@ -195,6 +201,17 @@ def build_sections(
         best_config = study.best_trial.user_attrs.get(CONFIG_ATTR)
     sections.append(reliability_section(comparisons, best_config, study.study_name))
     return sections, verdicts
+
+
+def comparison_only_sections(comparisons: Sequence[dict[str, Any]]) -> list[Section]:
+    """The report of comparisons without their search: the answer, each comparison, and
+    the reliability diagrams of their cells."""
+    name = comparisons[0]["study"] if len(comparisons) == 1 else "these comparisons"
+    return [
+        answer_section(comparisons),
+        *(comparison_section(result) for result in comparisons),
+        reliability_section(comparisons, None, name),
+    ]
 
 
 def search_views(study: optuna.Study, trials: Sequence[FrozenTrial]) -> Section:
@@ -253,10 +270,15 @@ def comparison_section(result: dict[str, Any]) -> Section:
         part.figures.append((f"lsearch-cells-{digest}-{metric}", cell_means(result, metric)))
         if any(p["n"] and p.get("ci") for p in result["comparisons"][metric]):
             part.figures.append((f"lsearch-forest-{digest}-{metric}", forest(result, metric)))
-    part.tables.append(_table(*reversed(cell_rows(result))))
+    # The figures first; the numbers below them, the long table of pairs folded.
+    part.below.append(_table(*reversed(cell_rows(result))))
     header, rows = pair_rows(result)
     if rows:
-        part.tables.append(_table(rows, header))
+        part.below.append(
+            f"<details><summary>Every paired difference ({len(rows)})</summary>"
+            + _table(rows, header)
+            + "</details>"
+        )
     return part
 
 

@@ -178,3 +178,31 @@ def pick_study(storage: BaseStorage, name: str | None, search_only: bool = False
             f"({', '.join(searches) or 'none'})"
         )
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def report_studies(storage: BaseStorage, name: str | None) -> tuple[str | None, list[str]]:
+    """What `lsearch report` draws: `(search, [])` for a search study (its comparisons come
+    with it), or `(None, comparisons)` for comparison studies without their search: the one
+    named, or, with no name and no search in the storage, every comparison. With no name, a
+    storage with several searches or no study at all is a UserError, as is an unknown name.
+
+    A storage with only comparisons (a lone `lsearch compare`) is reported whole; with a
+    search beside them, the search is (see pick_study).
+    """
+    summaries = user_studies(storage)
+    if name is None:
+        searches = [s for s in summaries if not is_comparison(s)]
+        if not summaries:
+            raise UserError(
+                "this storage holds no study yet; run `lsearch run` or `lsearch compare` first"
+            )
+        if not searches:
+            return None, [s.study_name for s in summaries]
+        return pick_study(storage, None).study_name, []
+    found = find_study(storage, name)
+    if found is None:
+        known = ", ".join(s.study_name for s in summaries) or "none"
+        raise UserError(
+            f"no study named '{name}' in this storage (studies: {known}); check --study"
+        )
+    return (None, [name]) if is_comparison(found) else (name, [])
