@@ -23,6 +23,7 @@ from lsearch.analysis.verdict import LABELS, describe, in_points
 HEADLINE_METRICS = ("test_acc", "test_ece")
 T_COLOR = "#1f77b4"
 ANYTIME_COLOR = "#ff7f0e"
+MARGIN_COLOR = "#2ca02c"
 EFFECTS = (("first_main", "main effect"), ("second_main", "main effect"), ("interaction", ""))
 T_NAME = "ordinary 95 % t interval (valid at a fixed number of seeds)"
 ANYTIME_NAME = "anytime-valid interval (valid however many seeds were looked at)"
@@ -149,7 +150,14 @@ def _forest_metric(fig: go.Figure, row: int, result: dict[str, Any], metric: str
     margin = (result.get("sequential") or {}).get("margin")
     if margin:
         for x in (-margin, margin):  # as typed, in display units (pp)
-            fig.add_vline(x=x, line={"color": "#2ca02c", "dash": "dot"}, row=row, col=1)
+            fig.add_vline(x=x, line={"color": MARGIN_COLOR, "dash": "dot"}, row=row, col=1)
+        if row == 1:  # a legend entry for the margin's lines
+            fig.add_trace(
+                go.Scatter(
+                    x=[None], y=[None], mode="lines", name=f"± the margin ({margin:g}{unit})",
+                    line={"color": MARGIN_COLOR, "dash": "dot"},
+                ), row=row, col=1,
+            )  # fmt: skip
     fig.update_yaxes(
         tickvals=ys, ticktext=labels, autorange="reversed", row=row, col=1, showgrid=False
     )
@@ -179,8 +187,7 @@ def answer_forest(result: dict[str, Any]) -> go.Figure | None:
     what = "2 × 2 effects" if two_by_two else "paired differences"
     seeds = _seed_count(result)
     fig.update_layout(
-        title=f"The answer: {what} over {seeds} (interval crossing the dashed zero line: "
-        "no difference shown)",
+        title=f"The answer: {what} over {seeds}",
         template="plotly_white", height=160 + 90 * sum(heights) + 80 * len(metrics),
         legend={"orientation": "h", "y": -0.12 if len(metrics) > 1 else -0.3},
         margin={"t": 60, "b": 80, "l": 20},
@@ -191,7 +198,7 @@ def answer_forest(result: dict[str, Any]) -> go.Figure | None:
 def _seed_count(result: dict[str, Any]) -> str:
     race = result.get("race")
     if race:
-        return f"up to {race['max_seeds']} seeds (a race: seeds added until decided)"
+        return f"up to {race['max_seeds']} seeds (a race)"
     return f"{len(result['seeds'])} seeds"
 
 
@@ -234,8 +241,9 @@ def race_paths(result: dict[str, Any]) -> go.Figure | None:
         fig.update_xaxes(title_text="seeds", row=row, col=1)
     race = result["race"]
     fig.update_layout(
-        title=f"The race: anytime-valid intervals (dotted) as seeds were added; "
-        f"{race['trained']} seed-runs trained, {race['fixed_design']} for a fixed design",
+        title=f"The race: mean and anytime-valid interval (dotted; none while unbounded) "
+        f"as seeds were added<br><sup>{race['trained']} seed-runs trained, "
+        f"{race['fixed_design']} for every cell at the most seeds</sup>",
         template="plotly_white", height=200 + 320 * len(metrics),
         legend={"orientation": "h", "y": -0.15},
     )  # fmt: skip
