@@ -116,7 +116,9 @@ def test_the_figures_and_verdicts_are_stored_in_the_studies(reported: Path) -> N
     comparison = system_attrs(
         storage, "digits compare label_smoothing=0,0.2 trainable_layers=3,4 from-best"
     )
-    assert any(key.startswith("lsearch-forest-") for key in get_plotly_graph_objects(comparison))
+    stored = get_plotly_graph_objects(comparison)
+    assert any(key.startswith("lsearch-forest-") for key in stored)
+    assert any(key.startswith("lsearch-answer-") for key in stored)  # the answer's figure too
     assert "Paired differences" in get_note_from_system_attrs(comparison, None)["body"]
     # Reporting again replaces the figures (same ids), it does not add new ones.
     before = set(figures)

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from lsearch.errors import UserError
 from lsearch.outputs.sections import (
     Section,
+    answer_section,
     build_sections,
     comparison_only_sections,
     comparison_section,
@@ -155,7 +156,11 @@ def _store_comparisons(results: Sequence[tuple[optuna.Study, dict[str, Any]]]) -
     for study, result in results:
         save_to_dashboard(
             study,
-            [comparison_section(result), reliability_section([result], None, study.study_name)],
+            [
+                answer_section([result]),
+                comparison_section(result),
+                reliability_section([result], None, study.study_name),
+            ],
             verdict_note(result["study"], result["verdicts"], to_markdown(result)),
         )
 
