@@ -327,3 +327,28 @@ def test_effects_and_far_seeds_in_a_race_s_numbers() -> None:
     entry = decide(list(range(10, 18)), noisy, 0.05, G, None, 30)
     assert entry["decision"] == "undecided"
     assert entry["far_seeds"] == [{"seed": 15, "difference": 0.3}]
+
+
+def test_no_level_is_printed_outside_its_metric_s_range() -> None:
+    """A cell's t interval past 100 % accuracy or below 0 ECE is cut at the bound and
+    marked, with the note in the table's caption and the Markdown."""
+    from lsearch.analysis.verdict import cell_rows, show_level, to_markdown
+    from lsearch.api import ComparisonResult
+
+    high = {"mean": 0.9652, "ci": {"low": 0.9289, "high": 1.0014}}
+    low = {"mean": 0.01, "ci": {"low": -0.004, "high": 0.024}}
+    inside = {"mean": 0.5, "ci": {"low": 0.4, "high": 0.6}}
+    assert show_level("test_acc", high) == "96.52 % [92.89, 100.00]*"
+    assert show_level("test_ece", low) == "1.00 % [0.00, 2.40]*"
+    assert show_level("test_nll", {"mean": 0.01, "ci": {"low": -0.02, "high": 0.04}}) == (
+        "0.0100 [0.0000, 0.0400]*"
+    )
+    assert show_level("test_acc", inside) == "50.00 % [40.00, 60.00]"
+    summary = {"study": "s", "metrics": ["test_acc", "test_ece"], "notes": [],
+               "cells": [{"label": "ε 0", "seeds": [0, 1],
+                          "metrics": {"test_acc": high, "test_ece": inside}}],
+               "comparisons": {"test_acc": [], "test_ece": []}, "verdicts": [],
+               "factorial": None, "race": None}  # fmt: skip
+    assert cell_rows(summary)[1][0][2].endswith("*")
+    assert "cut at its bound" in (ComparisonResult(summary).cell_table().caption or "")
+    assert "cut at its bound" in to_markdown(summary)

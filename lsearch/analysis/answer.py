@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from lsearch.analysis.verdict import (
+    CLIPPED_MARK,
+    CLIPPED_NOTE,
     HIGHER_IS_BETTER,
     LABELS,
     describe,
@@ -101,6 +103,8 @@ def _one_cell(summary: dict[str, Any]) -> list[str]:
         s = cell["metrics"].get(metric)
         if s is not None:
             lines.append(f"  {LABELS[metric]}: {show_level(metric, s)}")
+    if any(line.endswith(CLIPPED_MARK) for line in lines):
+        lines.append(CLIPPED_NOTE)
     return lines
 
 

@@ -47,14 +47,41 @@ def show(metric: str, value: float | None, signed: bool = False) -> str:
     return f"{value:{sign}.4f}"
 
 
+RANGES = {"acc": (0.0, 1.0), "ece": (0.0, 1.0), "ace": (0.0, 1.0), "brier": (0.0, 2.0),
+          "nll": (0.0, None)}  # fmt: skip
+CLIPPED_MARK = "*"
+CLIPPED_NOTE = "* the t interval reaches past the metric's range and is cut at its bound"
+
+
+def metric_range(metric: str) -> tuple[float | None, float | None]:
+    """The values a metric can take (accuracy and ECE in [0, 1], NLL and Brier >= 0)."""
+    kind = metric.removesuffix("_ts").rsplit("_", 1)[-1]
+    return RANGES.get(kind, (None, None))
+
+
+def clip_to_range(metric: str, low: float, high: float) -> tuple[float, float, bool]:
+    """A level's interval cut at its metric's bounds, and whether it was cut.
+
+    >>> clip_to_range("test_acc", 0.9289, 1.0014)
+    (0.9289, 1.0, True)
+    """
+    floor, ceiling = metric_range(metric)
+    cut_low = low if floor is None else max(low, floor)
+    cut_high = high if ceiling is None else min(high, ceiling)
+    return cut_low, cut_high, (cut_low, cut_high) != (low, high)
+
+
 def show_level(metric: str, summary: dict[str, Any]) -> str:
-    """A cell's mean with its interval: `97.44 % [96.61, 98.27]`, `0.2906 [0.2435, 0.3377]`."""
+    """A cell's mean with its interval: `97.44 % [96.61, 98.27]`, `0.2906 [0.2435, 0.3377]`;
+    an interval past the metric's range is cut at its bound and marked `*`."""
     interval = summary["ci"]
     if interval is None:
         return show(metric, summary["mean"])
     scale, digits = (100, 2) if in_points(metric) else (1, 4)
-    low, high = interval["low"] * scale, interval["high"] * scale
-    return f"{show(metric, summary['mean'])} [{low:.{digits}f}, {high:.{digits}f}]"
+    low, high, cut = clip_to_range(metric, interval["low"], interval["high"])
+    mark = CLIPPED_MARK if cut else ""
+    low, high = low * scale, high * scale
+    return f"{show(metric, summary['mean'])} [{low:.{digits}f}, {high:.{digits}f}]{mark}"
 
 
 def show_interval(metric: str, interval: dict[str, float] | None) -> str:
@@ -304,7 +331,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- {note}")
     if report.get("notes"):
         lines.append("")
-    lines += ["### Cells", "", *_markdown_table(*cell_rows(report))]
+    header, rows = cell_rows(report)
+    lines += ["### Cells", "", *_markdown_table(header, rows)]
+    if any(CLIPPED_MARK in text for row in rows for text in row):
+        lines += ["", CLIPPED_NOTE]
     lines += ["", "### Paired differences (first − second, by seed)", ""]
     lines += _markdown_table(*pair_rows(report))
     lines += ["", "### Verdicts", ""]

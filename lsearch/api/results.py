@@ -217,10 +217,12 @@ class ComparisonResult:
         return answer_lines(self.summary)
 
     def cell_table(self) -> TableData:
-        from lsearch.analysis.verdict import cell_rows
+        from lsearch.analysis.verdict import CLIPPED_MARK, CLIPPED_NOTE, cell_rows
 
         header, rows = cell_rows(self.summary)
-        return TableData(f"{self.name}: mean [95 % CI] over seeds", header, rows)
+        cut = any(CLIPPED_MARK in text for row in rows for text in row)
+        title = f"{self.name}: mean [95 % CI] over seeds"
+        return TableData(title, header, rows, caption=CLIPPED_NOTE if cut else None)
 
     def pair_table(self) -> TableData | None:
         """The paired differences of every metric (None when no pair shares a seed)."""
@@ -239,6 +241,10 @@ class ComparisonResult:
         return TableData("paired differences (first − second)", header, rows, 3, caption)
 
     def to_markdown(self) -> str:
+        """The answer as a list, then the tables and verdicts (what `--markdown` prints)."""
         from lsearch.analysis.verdict import to_markdown
 
-        return to_markdown(self.summary)
+        answer = "\n".join(f"    {line}" for line in self.answer())
+        tables = to_markdown(self.summary)
+        head, _, rest = tables.partition("\n\n")
+        return f"{head}\n\n### Answer\n\n{answer}\n\n{rest}"

@@ -174,10 +174,11 @@ def summarise(request: Request, study: optuna.Study | None) -> dict[str, Any]:
 
 
 def _fixed_rule(request: Request) -> Race:
-    """A fixed-seed comparison's anytime-valid intervals, on test accuracy (or its first
-    test metric), for the report's figures beside the ordinary ones."""
+    """A fixed-seed comparison's anytime-valid intervals, on test accuracy and ECE (or its
+    first test metric), for the report's figures beside the ordinary ones."""
     tested = [m for m in request.metrics if m.startswith("test_")]
-    decide_on = ("test_acc",) if "test_acc" in request.metrics else tuple(tested[:1])
+    headline = tuple(m for m in ("test_acc", "test_ece") if m in request.metrics)
+    decide_on = headline or tuple(tested[:1])
     return Race(decide_on, None, len(request.seeds))
 
 
