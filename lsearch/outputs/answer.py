@@ -187,10 +187,10 @@ def answer_forest(result: dict[str, Any]) -> go.Figure | None:
     what = "2 × 2 effects" if two_by_two else "paired differences"
     seeds = _seed_count(result)
     fig.update_layout(
-        title=f"The answer: {what} over {seeds}",
+        title=f"The answer: {what} over {seeds}<br><sup>{result['study']}</sup>",
         template="plotly_white", height=160 + 90 * sum(heights) + 80 * len(metrics),
         legend={"orientation": "h", "y": -0.12 if len(metrics) > 1 else -0.3},
-        margin={"t": 60, "b": 80, "l": 20},
+        margin={"t": 80, "b": 80, "l": 40},
     )  # fmt: skip
     return fig
 
@@ -242,7 +242,7 @@ def race_paths(result: dict[str, Any]) -> go.Figure | None:
     race = result["race"]
     fig.update_layout(
         title=f"The race: mean and anytime-valid interval (dotted; none while unbounded) "
-        f"as seeds were added<br><sup>{race['trained']} seed-runs trained, "
+        f"as seeds were added<br><sup>{result['study']}: {race['trained']} seed-runs trained, "
         f"{race['fixed_design']} for every cell at the most seeds</sup>",
         template="plotly_white", height=200 + 320 * len(metrics),
         legend={"orientation": "h", "y": -0.15},
