@@ -15,7 +15,7 @@ from lsearch.analysis.verdict import (
     CLIPPED_NOTE,
     HIGHER_IS_BETTER,
     LABELS,
-    describe,
+    pair_label,
     show,
     show_interval,
     show_level,
@@ -34,19 +34,10 @@ def answer_metrics(summary: dict[str, Any]) -> list[str]:
     return chosen or list(summary["metrics"][:1])
 
 
-def _versus(pair: dict[str, Any]) -> str:
-    factor = pair["factor"]
-    if factor == "epochs":
-        text = f"{pair['first_level']} vs {pair['second_level']} epochs"
-    else:
-        text = f"{describe({factor: pair['first_level']})} vs {pair['second_level']:.4g}"
-    return text + (f" at {describe(pair['at'])}" if pair["at"] else "")
-
-
 def fixed_line(pair: dict[str, Any]) -> str:
     """One pair of a fixed-seed comparison in one line (t interval, Holm's p)."""
     metric, n = pair["metric"], pair["n"]
-    head = _versus(pair)
+    head = pair_label(pair)
     if n < 2:
         return f"{head}: {n} seed(s) in both cells: no interval"
     if pair["identical"]:

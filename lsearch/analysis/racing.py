@@ -31,7 +31,14 @@ from lsearch.analysis.sequential import (
     sequential_interval,
     sequential_multiplier,
 )
-from lsearch.analysis.verdict import LABELS, describe, in_points, one_factor_pairs, show
+from lsearch.analysis.verdict import (
+    LABELS,
+    describe,
+    in_points,
+    one_factor_pairs,
+    pair_label,
+    show,
+)
 
 ALPHA = 0.05
 PRIOR_SCALE = 2.0
@@ -164,15 +171,6 @@ def _common(a: dict[str, Any], b: dict[str, Any]) -> list[int]:
     return sorted(set(a["per_seed"]) & set(b["per_seed"]))
 
 
-def _pair_label(pair: dict[str, Any]) -> str:
-    factor = pair["factor"]
-    if factor == "epochs":
-        versus = f"{pair['first_level']} vs {pair['second_level']} epochs"
-    else:
-        versus = f"{describe({factor: pair['first_level']})} vs {pair['second_level']:.4g}"
-    return versus + (f" at {describe(pair['at'])}" if pair["at"] else "")
-
-
 def comparisons(
     cells: Sequence[dict[str, Any]], factors: dict[str, list[Any]], race: Race, alpha_split: float
 ) -> list[dict[str, Any]]:
@@ -186,7 +184,7 @@ def comparisons(
             diffs = [a["per_seed"][s][metric] - b["per_seed"][s][metric] for s in seeds]
             entry = {
                 "metric": metric, "first": pair["first"], "second": pair["second"],
-                "factor": pair["factor"], "label": _pair_label(pair), "margin": margin,
+                "factor": pair["factor"], "label": pair_label(pair), "margin": margin,
                 **decide(seeds, diffs, alpha_split, race.prior_scale, margin, race.max_seeds),
             }  # fmt: skip
             entry["line"] = decision_line(entry)

@@ -200,6 +200,16 @@ def describe(levels: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def pair_label(pair: dict[str, Any]) -> str:
+    """A one-factor pair in words: `ε 0.15 vs 0.1 at 20 epochs`, `20 vs 10 epochs at ε 0.1`."""
+    factor = pair["factor"]
+    if factor == "epochs":
+        versus = f"{pair['first_level']} vs {pair['second_level']} epochs"
+    else:
+        versus = f"{describe({factor: pair['first_level']})} vs {pair['second_level']:.4g}"
+    return versus + (f" at {describe(pair['at'])}" if pair["at"] else "")
+
+
 def _pair_verdict(pair: dict[str, Any]) -> str:
     metric = pair["metric"]
     factor = pair["factor"]

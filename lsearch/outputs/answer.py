@@ -251,14 +251,13 @@ def race_paths(result: dict[str, Any]) -> go.Figure | None:
 
 
 def decision_lines(result: dict[str, Any]) -> list[str]:
-    """One line per decision: the sequential part's lines where it has them, else the pair
-    verdicts of the decision metrics."""
+    """One line per decision: a race's anytime-valid decisions and effects; on seeds fixed in
+    advance, the pair verdicts (t interval, Holm) of the decision metrics, as the terminal."""
     sequential = result.get("sequential") or {}
     metrics = decision_metrics(result)
-    lines = [c["line"] for c in sequential.get("comparisons") or [] if c["metric"] in metrics]
-    lines += [e["line"] for m, e in (sequential.get("effects") or {}).items() if m in metrics]
-    if lines:
-        return lines
+    if result.get("race"):
+        lines = [c["line"] for c in sequential["comparisons"] if c["metric"] in metrics]
+        return lines + [e["line"] for m, e in sequential["effects"].items() if m in metrics]
     return [pair["verdict"] for m in metrics for pair in result["comparisons"][m]]
 
 
