@@ -352,3 +352,26 @@ def test_no_level_is_printed_outside_its_metric_s_range() -> None:
     assert cell_rows(summary)[1][0][2].endswith("*")
     assert "cut at its bound" in (ComparisonResult(summary).cell_table().caption or "")
     assert "cut at its bound" in to_markdown(summary)
+
+
+def test_a_race_from_the_best_trial_races_fresh_seeds_and_says_which(tmp_path: Path) -> None:
+    """--from-best: the race's seed order starts after the search's seeds, and the note names
+    the seeds the race may use."""
+    from lsearch.api.studyfile import load_with_texts
+    from lsearch.comparison.request import RaceOptions, comparison_request
+    from lsearch.store.catalog import SPEC_ATTR
+
+    spec, _ = load_with_texts("digits-transfer", None)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db")
+    search = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize")
+    search.set_user_attr(SPEC_ATTR, spec.to_dict())
+    config = {"label_smoothing": 0.1, "epochs": 10, "lr": 3e-3, "trainable_layers": 2}
+    search.add_trial(create_trial(value=0.9, user_attrs={"config": config}))
+    request = comparison_request(
+        spec, storage, ["label_smoothing=0,0.1"], 4, "auto", True, None, [], RaceOptions(8)
+    )
+    assert list(spec.seeds) == [0, 1, 2] and request.seeds == list(range(3, 11))
+    assert request.base.epochs == 10 and request.race is not None
+    assert any(
+        note.startswith("seeds 3, 4, 5, 6, 7, 8, 9, 10: fresh seeds") for note in request.notes
+    )

@@ -260,6 +260,15 @@ def _default_seeds(spec: StudySpec) -> list[int]:
     return fresh_seeds(spec.seeds, max(5, len(spec.seeds)))
 
 
+def _race_seeds(race: Race | None, first: list[int]) -> list[int]:
+    """A race's seed order starts with `first`; other comparisons take `first` as it is."""
+    if race is None:
+        return first
+    from lsearch.comparison.race import race_seeds
+
+    return race_seeds(first, race.max_seeds)
+
+
 def comparison_request(
     spec: StudySpec,
     storage: optuna.storages.BaseStorage | None,
@@ -291,7 +300,7 @@ def comparison_request(
         assert storage is not None, "--from-best reads the search from the storage"
         trial = _chosen_trial(_search_study(storage, spec.name, spec), None)
         base = TrialConfig(**trial.user_attrs[CONFIG_ATTR])
-        seeds = parse_seeds(seeds_text) if seeds_text else _default_seeds(spec)
+        seeds = _race_seeds(race, parse_seeds(seeds_text) if seeds_text else _default_seeds(spec))
         notes += (
             f"parameters outside the grid from the best trial {trial.number} of '{spec.name}'",
         )
@@ -299,13 +308,9 @@ def comparison_request(
             notes += (_fresh_seed_note(seeds, spec.seeds, trial.number),)
     else:
         base = TrialConfig(**spec.baseline.model_dump())
-        seeds = parse_seeds(seeds_text) if seeds_text else list(spec.seeds)
+        seeds = _race_seeds(race, parse_seeds(seeds_text) if seeds_text else list(spec.seeds))
     if race is None:
         notes += check_seeds(seeds)
-    else:
-        from lsearch.comparison.race import race_seeds
-
-        seeds = race_seeds(seeds, race.max_seeds)
     chosen = check_metrics(metrics)
     if race is not None:  # the metrics decided on are always reported
         chosen = list(dict.fromkeys([*chosen, *race.decide_on]))
