@@ -13,8 +13,8 @@ from typing import Any
 from lsearch.analysis.verdict import (
     CLIPPED_MARK,
     CLIPPED_NOTE,
-    HIGHER_IS_BETTER,
     LABELS,
+    better_or_worse,
     pair_label,
     show,
     show_interval,
@@ -26,12 +26,15 @@ ALPHA = 0.05
 
 
 def answer_metrics(summary: dict[str, Any]) -> list[str]:
-    """The metrics the answer is about: the race's decision metrics, or test accuracy and
-    ECE (those the comparison has; its first metric when it has neither)."""
-    if summary.get("race"):
-        return list(summary["sequential"]["decide_on"])
-    chosen = [m for m in HEADLINE if m in summary["metrics"]]
-    return chosen or list(summary["metrics"][:1])
+    """The metrics the answer is about (here and in the report): those the comparison decides
+    on (a race's `--decide-on`; a fixed-seed comparison's test accuracy and ECE), else test
+    accuracy and ECE where it has them, else every metric it has."""
+    sequential = summary.get("sequential") or {}
+    chosen = [m for m in sequential.get("decide_on") or [] if m in summary["metrics"]]
+    if chosen:
+        return chosen
+    headline = [m for m in HEADLINE if m in summary["metrics"]]
+    return headline or list(summary["metrics"])
 
 
 def fixed_line(pair: dict[str, Any]) -> str:
@@ -45,8 +48,7 @@ def fixed_line(pair: dict[str, Any]) -> str:
     diff = f"{show(metric, pair['mean'], True)} {show_interval(metric, pair['ci'])}"
     text = f"{head}: {diff} over {n} seeds, Holm p {pair['t_pvalue_holm']:.2g}: "
     if pair["t_pvalue_holm"] < ALPHA:
-        better = (pair["mean"] > 0) == (metric in HIGHER_IS_BETTER)
-        return text + ("better" if better else "worse") + " beyond seed noise"
+        return text + better_or_worse(pair) + " beyond seed noise"
     needed = pair["seeds_needed"]
     more = f"; about {needed} seeds would detect it" if needed else ""
     return text + "not distinguishable from seed noise" + more

@@ -33,6 +33,8 @@ from lsearch.analysis.sequential import (
 )
 from lsearch.analysis.verdict import (
     LABELS,
+    common_seeds,
+    corner_cells,
     describe,
     in_points,
     one_factor_pairs,
@@ -167,10 +169,6 @@ def _seeds_to_decide(
     return min(known) if known else None
 
 
-def _common(a: dict[str, Any], b: dict[str, Any]) -> list[int]:
-    return sorted(set(a["per_seed"]) & set(b["per_seed"]))
-
-
 def comparisons(
     cells: Sequence[dict[str, Any]], factors: dict[str, list[Any]], race: Race, alpha_split: float
 ) -> list[dict[str, Any]]:
@@ -180,7 +178,7 @@ def comparisons(
         margin = margin_in_units(metric, race.margin)
         for pair in one_factor_pairs(cells, factors):
             a, b = cells[pair["first"]], cells[pair["second"]]
-            seeds = _common(a, b)
+            seeds = common_seeds(a, b)
             diffs = [a["per_seed"][s][metric] - b["per_seed"][s][metric] for s in seeds]
             entry = {
                 "metric": metric, "first": pair["first"], "second": pair["second"],
@@ -238,12 +236,11 @@ def effects(
 ) -> dict[str, Any]:
     """A 2 × 2's main effects and interaction per decision metric, with the anytime-valid
     interval at the split α on the seeds all four cells share (reported, not decided on)."""
-    if len(factors) != 2 or any(len(levels) != 2 for levels in factors.values()):
+    four = corner_cells(cells, factors)
+    if four is None:
         return {}
-    (f1, (l1a, l1b)), (f2, (l2a, l2b)) = factors.items()
-    index = {(c["levels"][f1], c["levels"][f2]): c for c in cells}
-    four = [index[l1a, l2a], index[l1b, l2a], index[l1a, l2b], index[l1b, l2b]]
-    seeds = sorted(set.intersection(*(set(c["per_seed"]) for c in four)))
+    f1, f2 = factors
+    seeds = common_seeds(*four)
     found = {}
     for metric in race.decide_on:
         entry: dict[str, Any] = {"factors": [f1, f2], "n": len(seeds), "seeds": seeds}

@@ -117,7 +117,7 @@ def analyse(
         out_cells.append({**rest, "seeds": seeds, "metrics": summaries})
     comparisons = {metric: _pairs(cells, factors, metric) for metric in metrics}
     factorial = None
-    if len(factors) == 2 and all(len(levels) == 2 for levels in factors.values()):
+    if corner_cells(cells, factors) is not None:
         factorial = {metric: _two_by_two(cells, factors, metric) for metric in metrics}
     verdicts = [c["verdict"] for metric in metrics for c in comparisons[metric]]
     if factorial is not None:
@@ -130,8 +130,20 @@ def analyse(
     }
 
 
-def _common_seeds(*cells: dict[str, Any]) -> list[int]:
+def common_seeds(*cells: dict[str, Any]) -> list[int]:
     return sorted(set.intersection(*(set(c["per_seed"]) for c in cells)))
+
+
+def corner_cells(
+    cells: Sequence[dict[str, Any]], factors: dict[str, list[Any]]
+) -> list[dict[str, Any]] | None:
+    """A 2 × 2's cells a (both factors at their first level), b (first factor changed),
+    c (second changed) and d (both); None when the grid is not 2 × 2."""
+    if len(factors) != 2 or any(len(levels) != 2 for levels in factors.values()):
+        return None
+    (f1, (l1a, l1b)), (f2, (l2a, l2b)) = factors.items()
+    index = {(c["levels"][f1], c["levels"][f2]): c for c in cells}
+    return [index[l1a, l2a], index[l1b, l2a], index[l1a, l2b], index[l1b, l2b]]
 
 
 def one_factor_pairs(
@@ -169,7 +181,7 @@ def _pairs(
     pairs = []
     for pair in one_factor_pairs(cells, factors):
         a, b = pair["first"], pair["second"]
-        seeds = _common_seeds(cells[a], cells[b])
+        seeds = common_seeds(cells[a], cells[b])
         entry: dict[str, Any] = {"metric": metric, **pair, "seeds": seeds, "n": len(seeds)}
         if seeds:
             diff = stats.paired_difference(
@@ -210,6 +222,12 @@ def pair_label(pair: dict[str, Any]) -> str:
     return versus + (f" at {describe(pair['at'])}" if pair["at"] else "")
 
 
+def better_or_worse(pair: dict[str, Any]) -> str:
+    """Whether the first cell of a pair is `better` or `worse` in its metric's direction
+    (higher accuracy; lower ECE, NLL, Brier)."""
+    return "better" if (pair["mean"] > 0) == (pair["metric"] in HIGHER_IS_BETTER) else "worse"
+
+
 def _pair_verdict(pair: dict[str, Any]) -> str:
     metric = pair["metric"]
     factor = pair["factor"]
@@ -232,8 +250,7 @@ def _pair_verdict(pair: dict[str, Any]) -> str:
     p, p_holm = pair["t_pvalue"], pair["t_pvalue_holm"]
     numbers = f"{head}: {diff} {interval}, p = {p:.2g} (Holm {p_holm:.2g}) over {n} seeds"
     if p_holm < ALPHA:
-        better = (pair["mean"] > 0) == (metric in HIGHER_IS_BETTER)
-        return f"{numbers}: {first} is {'better' if better else 'worse'} beyond seed noise"
+        return f"{numbers}: {first} is {better_or_worse(pair)} beyond seed noise"
     needed = pair["seeds_needed"]
     power = (
         f"about {needed} seeds would detect a difference of this size"
@@ -249,9 +266,10 @@ def _two_by_two(
     """a = both factors at their first level, b = first factor changed, c = second factor
     changed, d = both changed; effects per seed over the seeds all four cells share."""
     (f1, (l1a, l1b)), (f2, (l2a, l2b)) = factors.items()
-    index = {(c["levels"][f1], c["levels"][f2]): c for c in cells}
-    a, b, c, d = index[l1a, l2a], index[l1b, l2a], index[l1a, l2b], index[l1b, l2b]
-    seeds = _common_seeds(a, b, c, d)
+    corners = corner_cells(cells, factors)
+    assert corners is not None, "a 2 × 2 grid"
+    a, b, c, d = corners
+    seeds = common_seeds(a, b, c, d)
     result: dict[str, Any] = {
         "metric": metric,
         "factors": [f1, f2],

@@ -62,7 +62,7 @@ def report(
         sections, verdicts = html_report.publish(opened, search)
         names = [search]
     if not sections:
-        raise UserError(f"study '{search}' has nothing to report yet; run it first")
+        raise UserError(f"study '{names[0]}' has nothing to report yet; run it first")
     figures = sum(len(section.figures) for section in sections)
     target = Path(output)
     if image_format == "html":

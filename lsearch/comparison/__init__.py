@@ -2,9 +2,10 @@
 (`lsearch compare`, `lsearch evaluate`).
 
 One job per module: `request` (grid and seeds text, checked, as a Request), `plan` (cells,
-results found in the study, the seed-runs still to train), `run` (the comparison study, the
+results found in the study, the seed-runs still to train), `race` (`--seeds auto`: the
+seed-runs a race wants, its identity and cost), `run` (the comparison study, the
 seed-run objective, training in the one trial loop), `results` (the numbers, test-set use,
-a search's comparisons).
+a comparison's request from its study).
 """
 
 from lsearch.comparison.plan import (
@@ -37,7 +38,6 @@ from lsearch.comparison.request import (
 )
 from lsearch.comparison.results import (
     existing_comparison,
-    linked_comparisons,
     record_test_use,
     request_from_study,
     seconds_per_seed_epoch,
@@ -77,7 +77,6 @@ __all__ = [
     "failed_keys",
     "fresh_seeds",
     "key_of",
-    "linked_comparisons",
     "open_comparison",
     "parse_grid",
     "parse_seeds",

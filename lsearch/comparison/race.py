@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lsearch.analysis.racing import Race, open_cells, sequential_block
+from lsearch.analysis.racing import Race, family_size, open_cells, sequential_block, start_seeds
 from lsearch.comparison.plan import (
     Cell,
     Found,
@@ -72,15 +72,6 @@ def _started(trials: Sequence[FrozenTrial]) -> set[Key]:
         if trial.state in (TrialState.RUNNING, TrialState.WAITING) and "seed" in trial.params:
             started.add(key_of(trial.params, int(trial.params["seed"])))
     return started
-
-
-def race_state(request: Request, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
-    """The race's decisions now (`lsearch.analysis.racing.sequential_block`) from the study's
-    trials."""
-    race = _race(request)
-    found = collect(trials, request.constant_schedule)
-    values = cell_values(request.cells, request.seeds, found, race.decide_on)
-    return sequential_block(values, request.grid, race)
 
 
 def race_plans(request: Request, trials: Sequence[FrozenTrial]) -> list[Plan]:
@@ -170,10 +161,15 @@ def cost(request: Request, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
 def race_start(request: Request) -> dict[str, Any]:
     """What a race starts with: its family, split α, start seeds and its budget."""
     race = _race(request)
-    block = sequential_block(cell_values(request.cells, [], {}, race.decide_on), request.grid, race)
-    keys = ("family", "alpha", "alpha_split", "start_seeds", "decide_on", "margin")
+    family = family_size(request.grid, race.decide_on)
+    alpha_split = race.alpha / family
     return {
-        **{key: block[key] for key in keys},
+        "family": family,
+        "alpha": race.alpha,
+        "alpha_split": alpha_split,
+        "start_seeds": start_seeds(alpha_split, race.prior_scale),
+        "decide_on": list(race.decide_on),
+        "margin": race.margin,
         "max_seeds": race.max_seeds,
         "fixed_design": len(request.cells) * race.max_seeds,
     }

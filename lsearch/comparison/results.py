@@ -1,6 +1,6 @@
 """A comparison's results: every number recomputed from the per-seed results in its study,
-the record of how often a search's configurations met the test set, and finding the
-comparisons of a search (with the request each was last trained for).
+the record of how often a search's configurations met the test set, and the request a
+comparison study was last trained for.
 """
 
 from __future__ import annotations
@@ -227,16 +227,3 @@ def request_from_study(study: optuna.Study) -> Request | None:
         name=study.study_name,
         race=race,
     )
-
-
-def linked_comparisons(
-    storage: optuna.storages.BaseStorage, search_study: str
-) -> list[tuple[optuna.Study, Request]]:
-    """The comparison studies of a search, with their last requests, in name order."""
-    found = []
-    for summary in comparisons_of(storage, search_study):  # in name order
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        request = request_from_study(study)
-        if request is not None:
-            found.append((study, request))
-    return found

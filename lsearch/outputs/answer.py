@@ -18,9 +18,9 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from lsearch.analysis.answer import answer_metrics
 from lsearch.analysis.verdict import LABELS, describe, in_points
 
-HEADLINE_METRICS = ("test_acc", "test_ece")
 T_COLOR = "#1f77b4"
 ANYTIME_COLOR = "#ff7f0e"
 MARGIN_COLOR = "#2ca02c"
@@ -32,17 +32,6 @@ ANYTIME_NAME = "anytime-valid interval (valid however many seeds were looked at)
 def digest(name: str) -> str:
     """A short stable id part for a study name."""
     return hashlib.sha1(name.encode()).hexdigest()[:8]
-
-
-def decision_metrics(result: dict[str, Any]) -> list[str]:
-    """The metrics a comparison decides on: the sequential part's `decide_on`, or else
-    test accuracy and ECE where the comparison has them (every metric where it has neither)."""
-    sequential = result.get("sequential") or {}
-    chosen = [m for m in sequential.get("decide_on") or [] if m in result["metrics"]]
-    if chosen:
-        return chosen
-    headline = [m for m in HEADLINE_METRICS if m in result["metrics"]]
-    return headline or list(result["metrics"])
 
 
 def _effect_label(result: dict[str, Any], factors: Sequence[str], key: str) -> str:
@@ -170,7 +159,7 @@ def answer_forest(result: dict[str, Any]) -> go.Figure | None:
     """The comparison's effects per decision metric, each with its ordinary t interval and,
     where the summary has one, its anytime-valid interval; a dashed line at zero (and dotted
     lines at ± the margin, where one was given). None where there is nothing to draw."""
-    metrics = [m for m in decision_metrics(result) if forest_rows(result, m)]
+    metrics = [m for m in answer_metrics(result) if forest_rows(result, m)]
     if not metrics:
         return None
     heights = [len(forest_rows(result, m)) for m in metrics]
@@ -209,7 +198,7 @@ def race_paths(result: dict[str, Any]) -> go.Figure | None:
     chosen = [c for c in sequential.get("comparisons") or [] if c.get("path")]
     if not result.get("race") or not chosen:
         return None
-    metrics = [m for m in decision_metrics(result) if any(c["metric"] == m for c in chosen)]
+    metrics = [m for m in answer_metrics(result) if any(c["metric"] == m for c in chosen)]
     fig = make_subplots(rows=len(metrics), cols=1, vertical_spacing=0.18)
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
     for row, metric in enumerate(metrics, start=1):
@@ -254,7 +243,7 @@ def decision_lines(result: dict[str, Any]) -> list[str]:
     """One line per decision: a race's anytime-valid decisions and effects; on seeds fixed in
     advance, the pair verdicts (t interval, Holm) of the decision metrics, as the terminal."""
     sequential = result.get("sequential") or {}
-    metrics = decision_metrics(result)
+    metrics = answer_metrics(result)
     if result.get("race"):
         lines = [c["line"] for c in sequential["comparisons"] if c["metric"] in metrics]
         return lines + [e["line"] for m, e in sequential["effects"].items() if m in metrics]

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats as st
 
-from lsearch.analysis.verdict import LABELS, in_points
+from lsearch.analysis.verdict import LABELS, in_points, metric_range
 from lsearch.store.catalog import CONFIG_ATTR, curve_attr
 
 PRUNED_MARKER = {
@@ -56,13 +56,13 @@ def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
 
 
 def bounds(metric: str) -> tuple[float, float | None]:
-    """The range a metric's values can take, in display units: accuracy and ECE in
-    [0, 100] %, NLL and Brier at least 0.
+    """`lsearch.analysis.verdict.metric_range` in display units (accuracy and ECE in %).
 
     >>> bounds("test_acc"), bounds("val_ece"), bounds("test_nll")
     ((0.0, 100.0), (0.0, 100.0), (0.0, None))
     """
-    return (0.0, 100.0) if in_points(metric) else (0.0, None)
+    (floor, ceiling), scale = metric_range(metric), _scale(metric)
+    return (floor or 0.0) * scale, None if ceiling is None else ceiling * scale
 
 
 def clip_interval(metric: str, low: float, high: float) -> tuple[float, float, str]:

@@ -28,7 +28,7 @@ from lsearch.outputs.sections import (
     comparison_section,
     reliability_section,
 )
-from lsearch.store.catalog import FINISHED, study_names
+from lsearch.store.catalog import FINISHED, comparisons_of, study_names
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -111,15 +111,10 @@ def comparison_results(
     search_study: str,
     summaries: Mapping[str, dict[str, Any]] | None = None,
 ) -> list[tuple[optuna.Study, dict[str, Any]]]:
-    """Every comparison of a search with its numbers: those in `summaries` (comparison study
-    name -> what `summarise` returned) as given, the others recomputed from their trials."""
-    from lsearch.comparison import linked_comparisons, summarise
-
-    given = summaries or {}
-    return [
-        (study, given[study.study_name] if study.study_name in given else summarise(request, study))
-        for study, request in linked_comparisons(storage, search_study)
-    ]
+    """Every comparison of a search with its numbers, in name order (see
+    named_comparison_results)."""
+    names = [summary.study_name for summary in comparisons_of(storage, search_study)]
+    return named_comparison_results(storage, names, summaries)
 
 
 def verdict_note(title: str, verdicts: Sequence[str], extra: str = "") -> str:
@@ -134,8 +129,9 @@ def named_comparison_results(
     names: Sequence[str],
     summaries: Mapping[str, dict[str, Any]] | None = None,
 ) -> list[tuple[optuna.Study, dict[str, Any]]]:
-    """The comparison studies `names` with their numbers (from `summaries` where given),
-    less those whose first run never finished recording its request."""
+    """The comparison studies `names` with their numbers: those in `summaries` (comparison
+    study name -> what `summarise` returned) as given, the others recomputed from their
+    trials, less those whose first run never finished recording its request."""
     from lsearch.comparison import request_from_study, summarise
 
     given = summaries or {}
