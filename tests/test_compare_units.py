@@ -976,3 +976,31 @@ def test_workers_choosing_at_the_same_moment_claim_different_seed_runs() -> None
     study.add_trial(_seed_run(2, TrialState.FAIL, fail_reason="ValueError: poison"))
     with pytest.raises(NothingLeft):
         objective.next_plan(study, 5)
+
+
+def test_two_workers_that_claim_one_seed_run_at_once_train_it_once() -> None:
+    """Two workers choosing at the same moment with one seed-run free both take it (the
+    picking rank cannot part them: 1 % 1 == 0). Each checks after writing its claim: the one
+    that sees the other's claim yields (duplicate_of, nothing trained), and a yielded trial
+    does not count as a failed seed-run."""
+    from lsearch.comparison import NothingLeft, SeedRunObjective, failed_keys
+
+    plan = Plan(TrialConfig(0.1, 20, 3e-4, 3), 0, ())
+    study = optuna.create_study()
+    other, own = study.ask(), study.ask()  # both RUNNING, neither has chosen yet
+
+    def planner(trials: object) -> list[Plan]:
+        # The other worker writes its claim just after this one read the trials.
+        other.suggest_float("label_smoothing", 0.1, 0.1)
+        for name, value in (("epochs", 20), ("trainable_layers", 3), ("seed", 0)):
+            other.suggest_int(name, value, value)
+        other.suggest_float("lr", 3e-4, 3e-4, log=True)
+        return [plan]
+
+    objective = SeedRunObjective(None, None, planner)  # type: ignore[arg-type]
+    with pytest.raises(NothingLeft, match="trial 0 took this seed-run first"):
+        objective(own)
+    assert own.user_attrs["duplicate_of"] == 0
+    own.set_user_attr("fail_reason", "NothingLeft: taken")  # as the trial loop records it
+    study.tell(own, state=TrialState.FAIL)
+    assert failed_keys(study.get_trials(deepcopy=False)) == {}

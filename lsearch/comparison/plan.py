@@ -21,6 +21,7 @@ from lsearch.analysis.verdict import describe
 from lsearch.search.objective import TrialConfig
 from lsearch.store.catalog import (
     CONFIG_ATTR,
+    DUPLICATE_ATTR,
     FAIL_REASON_ATTR,
     HELD_OUT_ATTR,
     OUT_OF_MEMORY_ATTR,
@@ -128,6 +129,8 @@ def failed_keys(trials: Sequence[FrozenTrial]) -> dict[Key, str]:
         reason = trial.user_attrs.get(FAIL_REASON_ATTR)
         key = trial_key(trial)
         if trial.state != TrialState.FAIL or not reason or key is None:
+            continue
+        if DUPLICATE_ATTR in trial.user_attrs:  # it yielded to another worker's claim
             continue
         if trial.user_attrs.get(OUT_OF_MEMORY_ATTR):
             out_of_memory[key] = out_of_memory.get(key, 0) + 1

@@ -28,6 +28,7 @@ from lsearch.search.workers import picking_rank
 from lsearch.spec import StudySpec
 from lsearch.store.catalog import (
     COMPARISON,
+    DUPLICATE_ATTR,
     FAIL_REASON_ATTR,
     FINGERPRINT_ATTR,
     KIND_ATTR,
@@ -155,6 +156,19 @@ class SeedRunObjective:
             trial.set_user_attr(FAIL_REASON_ATTR, str(exc))
             raise
 
+    @staticmethod
+    def _yield_to_another_claim(trial: optuna.Trial, plan: Plan) -> None:
+        """Workers that chose at the same moment with fewer seed-runs free than workers
+        choosing take the same one (`rank % len(free)`). Each checks after writing its claim,
+        so at least one of two sees the other's: a trial that sees another trial running,
+        waiting or complete on its seed-run yields, marked `duplicate_of` (not a failed
+        seed-run: see plan.failed_keys)."""
+        for other in trial.study.get_trials(deepcopy=False):
+            busy = other.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
+            if other.number != trial.number and busy and _started_key(other) == plan.key:
+                trial.set_user_attr(DUPLICATE_ATTR, other.number)
+                raise NothingLeft(f"trial {other.number} took this seed-run first; nothing trained")
+
     def __call__(self, trial: optuna.Trial) -> float:
         plan = self._plan(trial)
         c = plan.config
@@ -166,6 +180,7 @@ class SeedRunObjective:
         trial.suggest_int("trainable_layers", c.trainable_layers, c.trainable_layers)
         trial.suggest_int("seed", plan.seed, plan.seed)
         trial.set_user_attr(TEST_AT_ATTR, list(plan.test_at))
+        self._yield_to_another_claim(trial, plan)
         attrs = self.objective.train(
             trial, c, [plan.seed], prunes=False, test_set=self.test_set, test_at=plan.test_at
         )
@@ -235,9 +250,9 @@ def train_pending(
     storage) until none is left to start or running."""
     from lsearch.search.launch import open_checkpoints
 
-    if not pending_plans(request, study):
-        return
     plans: Sequence[Plan] | Planner = pending_plans(request, study)
+    if not plans:
+        return
     if request.race is not None:  # recomputed from the study before every trial
         plans = partial(race_plans, request)
     pool, test_set = data
