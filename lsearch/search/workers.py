@@ -75,9 +75,11 @@ def picking_rank(trials: Sequence[FrozenTrial], own_number: int) -> int:
     """How many trials numbered before `own_number` are RUNNING with no parameters yet: the
     workers that asked for a trial at about the same moment and are still choosing what it
     runs. 0 for a lone worker. A worker that takes item `rank % len(free)` of the free
-    items (as a comparison picks its next seed-run) then never takes the item an earlier
-    one is taking: either that one has chosen, and its item is no longer free, or it has
-    not, and it counts here. Nothing is written to the storage for it.
+    items (as a comparison picks its next seed-run) then takes another item than the ones
+    earlier workers are taking, as long as there are as many free items as workers choosing:
+    either an earlier one has chosen, and its item is no longer free, or it has not, and it
+    counts here. With fewer, two may take one item; a comparison checks its claim after
+    writing it (comparison.run.SeedRunObjective). Nothing is written to the storage for it.
 
     >>> from optuna.trial import create_trial
     >>> running = [create_trial(state=TrialState.RUNNING) for _ in range(3)]
