@@ -13,14 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lsearch.errors import UserError
 
@@ -196,6 +189,9 @@ class Train(_Frozen):
     # a gradient scaler below; "float16", "bfloat16" or "float32" force one (the environment
     # variable LSEARCH_PRECISION overrides this key). The CPU always trains in float32.
     precision: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # A trial's seeds as one grouped model (training.together.trains_together says when);
+    # it moves only the last bits, as the thread count does, so the spec check leaves it out.
+    seeds_together: Literal["auto"] | bool = "auto"
 
 
 class Objective(_Frozen):
@@ -319,6 +315,7 @@ class StudySpec(_Frozen):
         hold its configuration and seed."""
         exclude: dict[str, Any] = {
             "description": True, "storage": True, "checkpoint": True, "baseline": True,
+            "train": {"seeds_together"},
         }  # fmt: skip
         if comparison:
             exclude |= {"space": True, "sampler": True, "pruner": True, "seeds": True}

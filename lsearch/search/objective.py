@@ -53,6 +53,7 @@ from lsearch.store.catalog import (
     PRECISION_ATTR,
     PRUNED_AT_EPOCH_ATTR,
     SEEDS_RUN_ATTR,
+    SEEDS_TOGETHER_ATTR,
     THREADS_ATTR,
     TRAIN_SECONDS_ATTR,
     curve_attr,
@@ -72,6 +73,7 @@ from lsearch.training.seed_run import (
     snapshot,
     start_seed_run,
 )
+from lsearch.training.together import SeedGroup, trains_together
 
 __all__ = ["EpochCallback", "SearchObjective", "TrialConfig", "suggest"]
 
@@ -142,6 +144,7 @@ class SearchObjective:
         self._splits: dict[int, Split] = {}
         self.features = FeatureCache.for_device(device)  # see train.feature_cache_budget
         self._writer: CheckpointWriter | None = None  # the running trial's
+        self._group: SeedGroup | None = None  # the running trial's seeds, when together
 
     def split(self, seed: int) -> Split:
         """The seed's train/validation split (made once per seed and process)."""
@@ -219,6 +222,10 @@ class SearchObjective:
         runs = [self.start(seed, config) for seed in seeds]
         trial.set_user_attr(PRECISION_ATTR, runs[0].precision.name)  # float16, bfloat16, float32
         progress = self.resume(trial, config, runs, prunes) or TrialProgress([[] for _ in runs])
+        together = trains_together(self.spec.train.seeds_together, self.device, runs)
+        trial.set_user_attr(SEEDS_TOGETHER_ATTR, together)
+        # Built after a resume, so that the group starts from the seeds' restored state.
+        self._group = SeedGroup(runs) if together else None
         first_epoch = progress.epochs_run + 1
         keep_weights = None if test_set is None else (lambda: [r.weights() for r in runs])
         self._writer = None
@@ -273,15 +280,7 @@ class SearchObjective:
             if patience is not None and epoch - 1 - progress.best_epoch >= patience:
                 break  # (only after a resume: the old trial died before it could stop)
             results, logits = [], []
-            for run in runs:
-                try:
-                    loss = run.train_epoch()
-                except NonFiniteLossError as exc:
-                    trial.set_user_attr(FAIL_REASON_ATTR, f"{exc} at epoch {epoch}")
-                    if self.checkpoints is not None and self._writer is not None:
-                        self._writer.wait()
-                        self.checkpoints.finish(trial, keep=False)
-                    raise NonFiniteLossError(f"{exc} at epoch {epoch}") from None
+            for run, loss in zip(runs, self._train_epoch(trial, runs, epoch), strict=True):
                 result, run_logits = run.evaluate(loss)
                 results.append(result)
                 logits.append(run_logits)
@@ -291,6 +290,8 @@ class SearchObjective:
             if self._writer is not None:
                 # The seeds' weights and optimizer state change in place as training goes on:
                 # they are copied on the device. TrialProgress is already a copy of settled values.
+                if self._group is not None:
+                    self._group.sync_optimizers()  # a checkpoint is per seed either way
                 seeds = snapshot([r.state_dict() for r in runs])
                 self._writer.epoch_done(epoch, {"seeds": seeds, "progress": progress.state_dict()})
             value = progress.reported(self.spec.objective, epoch)
@@ -315,6 +316,20 @@ class SearchObjective:
             for key, value in final.items():
                 trial.set_user_attr(key, value)
         return {**self._record(trial, progress, started, first_epoch, pruned_at=None), **final}
+
+    def _train_epoch(self, trial: optuna.Trial, runs: list[SeedRun], epoch: int) -> list[float]:
+        """One epoch of every seed, together or one after another: their mean losses. A loss
+        that is not finite fails the trial (and drops its checkpoint), not the worker."""
+        try:
+            if self._group is not None:
+                return self._group.train_epoch()
+            return [run.train_epoch() for run in runs]
+        except NonFiniteLossError as exc:
+            trial.set_user_attr(FAIL_REASON_ATTR, f"{exc} at epoch {epoch}")
+            if self.checkpoints is not None and self._writer is not None:
+                self._writer.wait()
+                self.checkpoints.finish(trial, keep=False)
+            raise NonFiniteLossError(f"{exc} at epoch {epoch}") from None
 
     def _held_out(
         self, runs: list[SeedRun], progress: TrialProgress, test_set: TestSet, epoch: int

@@ -59,6 +59,7 @@ EPOCHS_RUN_ATTR = "epochs_run"  # the epochs it trained before it finished or wa
 DEVICE_ATTR = "device"  # the device that trained it (a GPU by physical index and UUID)
 THREADS_ATTR = "threads"  # torch threads per trial on the CPU
 PRECISION_ATTR = "precision"  # float32, bfloat16 or float16
+SEEDS_TOGETHER_ATTR = "seeds_together"  # whether the trial's seeds trained as one model
 CHOSEN_BY_ATTR = "chosen_by"  # the metric the chosen epoch maximises ("val_acc")
 BEST_EPOCH_ATTR = "best_epoch"  # the epoch of the best mean validation accuracy
 EPOCHS_TRAINED_ATTR = "epochs_trained"  # epochs this trial trained itself (not resumed ones)

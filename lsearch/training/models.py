@@ -90,7 +90,7 @@ class LayeredModel:
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(x.device.type, enabled=False):
-                return plain_forward(x.float())
+                return plain_forward(x.to(torch.promote_types(x.dtype, torch.float32)))
 
         head.forward = forward  # type: ignore[method-assign]
 
@@ -123,6 +123,11 @@ class SmallCNN(nn.Module):
         for stage in self.stages():
             x = stage(x)
         return x
+
+
+def model_stages(model: nn.Module) -> list[Stage]:
+    """The stages of a model `build_model` makes (or of a copy of one)."""
+    return model.stages() if isinstance(model, SmallCNN) else resnet_stages(model)
 
 
 def resnet_stages(net: nn.Module) -> list[Stage]:

@@ -1,121 +1,188 @@
-"""Seeds trained together: the S seed-runs of one configuration as one computation.
+"""Seeds trained together: the S seed-runs of one configuration as one model of S groups.
 
-`torch.func.stack_module_state` stacks the S seeds' parameters and buffers along a new first
-dimension and `vmap(functional_call)` runs their S forward passes as one. BatchNorm's running
-statistics are buffers vmapped with the rest, so each seed's update lands in its own slice:
-every seed keeps its own initialisation, data subset, batch order, augmentation (its own
-generator, drawn in the order it would draw alone), optimizer state and BatchNorm statistics.
-Each seed's loss is the mean over its own batch; the gradient of their sum with respect to a
-seed's slice is that seed's gradient, and the optimizers lsearch uses (SGD with momentum,
-Adam, AdamW) update elementwise, so one step of the stacked tensors is every seed's own step,
-up to the summation order of floating point.
+Every convolution becomes one convolution with `groups = S` (seed s owns channels
+s·C .. (s+1)·C - 1 of every layer), every BatchNorm one BatchNorm over S·C channels (its
+statistics are per channel, so per seed), and the head S matrix products in one `baddbmm`.
+Seed s's images fill its own channels, so each seed keeps everything that makes it a seed:
+its own initialisation, data subset, batch order, augmentation (its own generator, drawn in
+the order it would draw alone), optimizer state and BatchNorm statistics. Each seed's loss
+is the mean over its own batch; the gradient of their sum with respect to a seed's slice is
+that seed's gradient, and the optimizers lsearch uses (SGD with momentum, Adam, AdamW)
+update elementwise, so one step of the grouped tensors is every seed's own step, up to the
+summation order of floating point. This is exact only while the seeds' batches have one
+size, which holds because every seed draws `data.train_per_class` images per class.
 
-The seeds' batches line up because every seed draws the same number of training images
-(`data.train_per_class` per class) and batches them at the same size.
+Where the frozen prefix is the same network for every seed (pretrained weights), it runs
+once, as one model, over the seeds' batches put together; where each seed has its own
+initialisation (from scratch) the grouped copy's frozen groups run instead.
+
+Grouped convolutions were measured against `torch.func`'s `vmap` over `functional_call` on
+the small CNN (3 seeds, digits, this project's 2-core CPU, 2026-12-03): 1.04 to 1.19 times
+the speed of one seed at a time grouped, 0.81 to 0.90 times with vmap (docs/speed.md).
+
+Each seed's own model (`SeedRun.net`) stays the one that evaluates, checkpoints and resumes:
+`SeedGroup` copies the weights back after every epoch and the optimizer state on request
+(`sync_optimizers`), so a checkpoint is the same per seed either way.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from lsearch import interrupts
-from lsearch.training.seed_run import NonFiniteLossError, SeedRun, smoothed_cross_entropy
+from lsearch.training.models import LayeredModel, model_stages
+from lsearch.training.seed_run import (
+    NonFiniteLossError,
+    SeedRun,
+    make_optimizer,
+    smoothed_cross_entropy,
+)
 
 
-def _plain_copy(model: nn.Module) -> nn.Module:
-    """A parameterless copy of `model` (on the meta device) that runs its class's own
-    forward: an instance's patched forward (the float32 head) would call the original
-    module's parameters, not the stacked ones."""
-    template = copy.deepcopy(model).to("meta")
-    for module in template.modules():
-        module.__dict__.pop("forward", None)
-    return template
+def trains_together(setting: str | bool, device: torch.device, runs: Sequence[SeedRun]) -> bool:
+    """Whether `runs` (a trial's seed-runs) train as one `SeedGroup` under the study's
+    `train.seeds_together`: "auto" is on on CUDA and off on the CPU, where grouping was
+    measured no faster (docs/speed.md); never for one seed, nor under float16's gradient
+    scaler (one scaler would skip every seed's step when one seed overflows).
+
+    >>> trains_together("auto", torch.device("cpu"), [])
+    False
+    """
+    if len(runs) < 2 or any(run.scaler is not None for run in runs):
+        return False
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
-class StackedSeeds:
-    """The models of S seed-runs of one configuration, stacked: one forward for all, their
-    trainable tensors for one optimizer, and `write_back` into each seed's own model."""
+class GroupedLinear(nn.Module):
+    """S linear layers as one: (batch, S·in) -> (batch, S, out), seed s reading its own
+    `in` features. The weight is (S, out, in), so seed s's slice is its Linear's weight."""
 
-    def __init__(self, runs: Sequence[SeedRun]) -> None:
-        nets = [run.net for run in runs]
-        self.nets = nets
-        self.template = _plain_copy(nets[0].model)
-        params, buffers = stack_module_state([net.model for net in nets])
-        trainable = {n for n, p in nets[0].model.named_parameters() if p.requires_grad}
-        self.params = {n: p.detach().requires_grad_(n in trainable) for n, p in params.items()}
-        self.buffers = buffers
-        names = {id(module): name for name, module in nets[0].model.named_modules()}
-        frozen = nets[0].groups[nets[0].trainable_layers :] if nets[0].trainable_layers else []
-        # A group may be a container outside the model (ResNet's stem): its parts are in it.
-        self.frozen_modules = [
-            self.template.get_submodule(names[id(module)])
-            for group in frozen
-            for module in group.modules()
-            if id(module) in names
-        ]
-        self._head_in_float32(self.template.get_submodule(names[id(nets[0].groups[0])]))
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        self.seeds = len(layers)
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))
 
-    @staticmethod
-    def _head_in_float32(head: nn.Module) -> None:
-        """The head in float32 under autocast, as `LayeredModel.head_in_float32` does alone
-        (functional_call swaps the stacked slices into `head` itself, so it reads them)."""
-        plain_forward = type(head).forward
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(x.device.type, enabled=False):
-                return plain_forward(head, x.float())
-
-        head.forward = forward  # type: ignore[method-assign]
-
-    def trainable(self) -> list[torch.Tensor]:
-        """The stacked tensors an optimizer steps (those of the trainable groups)."""
-        return [p for p in self.params.values() if p.requires_grad]
-
-    def train_mode(self) -> None:
-        """Train mode, frozen groups in eval mode (their BatchNorm statistics fixed)."""
-        self.template.train()
-        for module in self.frozen_modules:
-            module.eval()
-
-    def _one(self, params: dict[str, Any], buffers: dict[str, Any], x: torch.Tensor) -> Any:
-        return functional_call(self.template, (params, buffers), (x,))
-
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (S, batch, classes) for inputs of shape (S, batch, ...)."""
-        return vmap(self._one)(self.params, self.buffers, inputs)
-
-    @torch.no_grad()
-    def write_back(self) -> None:
-        """Copy each seed's slice into its own model, which evaluates and checkpoints it."""
-        for index, net in enumerate(self.nets):
-            for name, tensor in net.model.named_parameters():
-                tensor.copy_(self.params[name][index])
-            for name, tensor in net.model.named_buffers():
-                tensor.copy_(self.buffers[name][index])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_seed = x.reshape(x.shape[0], self.seeds, -1).transpose(0, 1)  # S x batch x in
+        out = torch.baddbmm(self.bias[:, None, :], per_seed, self.weight.transpose(1, 2))
+        return out.transpose(0, 1)
 
 
-def train_epoch_together(
-    runs: Sequence[SeedRun],
-    stacked: StackedSeeds,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-) -> list[float]:
-    """One epoch of every seed-run at once (see `SeedRun.train_epoch`, which each seed would
-    run alone): each seed's mean training loss. The seeds' models hold the new weights after
-    it (`StackedSeeds.write_back`).
+def _grouped(layers: Sequence[nn.Module]) -> nn.Module | None:
+    """The S seeds' versions of one layer as one grouped layer; None for a layer without
+    tensors of its own (ReLU, pooling, containers), which works on S·C channels as on C."""
+    first, seeds = layers[0], len(layers)
+    if isinstance(first, nn.Linear):
+        return GroupedLinear(layers)  # type: ignore[arg-type]
+    if isinstance(first, nn.Conv2d):
+        grouped: nn.Module = nn.Conv2d(
+            first.in_channels * seeds, first.out_channels * seeds, first.kernel_size,
+            first.stride, first.padding, first.dilation, first.groups * seeds,
+            first.bias is not None, first.padding_mode, device="meta",
+        )  # fmt: skip
+    elif isinstance(first, nn.BatchNorm2d):
+        grouped = nn.BatchNorm2d(
+            first.num_features * seeds, first.eps, first.momentum, first.affine,
+            first.track_running_stats, device="meta",
+        )  # fmt: skip
+        grouped.running_mean = torch.cat([layer.running_mean for layer in layers])
+        grouped.running_var = torch.cat([layer.running_var for layer in layers])
+        grouped.num_batches_tracked = first.num_batches_tracked.clone()
+    elif next(first.parameters(recurse=False), None) is not None:
+        raise ValueError(f"seeds cannot train together through a {type(first).__name__}")
+    else:
+        return None
+    for name, param in first.named_parameters(recurse=False):
+        stacked = torch.cat([getattr(layer, name).detach() for layer in layers])
+        setattr(grouped, name, nn.Parameter(stacked, requires_grad=param.requires_grad))
+    return grouped  # every tensor replaced: none is left on the meta device
+
+
+def group_models(nets: Sequence[LayeredModel]) -> LayeredModel:
+    """One LayeredModel computing all of `nets` (the same architecture, frozen alike) on
+    channel-stacked inputs: its logits are (batch, S, classes)."""
+    first = nets[0]
+    model = copy.deepcopy(first.model)
+    for module in model.modules():
+        module.__dict__.pop("forward", None)  # the float32 head is patched in again below
+    own = [dict(net.model.named_modules()) for net in nets]
+    for name, _ in list(model.named_modules()):
+        grouped = _grouped([modules[name] for modules in own])
+        if grouped is not None:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, grouped)
+    names = {id(module): name for name, module in first.model.named_modules()}
+
+    def same_place(group: nn.Module) -> nn.Module:
+        if id(group) in names:
+            return model.get_submodule(names[id(group)])
+        return nn.ModuleList([same_place(child) for child in group.children()])  # ResNet's stem
+
+    if first.model.training:
+        model.train()
+    grouped = LayeredModel(
+        model, [same_place(group) for group in first.groups], first.in_channels, model_stages(model)
+    )
+    grouped.freeze(first.trainable_layers or len(first.groups))
+    grouped.head_in_float32()
+    return grouped
+
+
+def seed_slice(tensor: torch.Tensor, seeds: int, index: int, shape: torch.Size) -> torch.Tensor:
+    """Seed `index`'s part of a grouped tensor (a view): every grouped tensor holds the seeds'
+    tensors one after another, so it is the index-th of S equal chunks.
+
+    >>> seed_slice(torch.arange(6.0), 3, 1, torch.Size([2]))
+    tensor([2., 3.])
+    """
+    return tensor.reshape(seeds, -1)[index].view(shape)
+
+
+def _shared_prefix(nets: Sequence[LayeredModel]) -> bool:
+    """Whether every seed's frozen prefix is the same network (pretrained, not initialised
+    per seed): then it runs once, over all the seeds' images."""
+    first = nets[0]
+    frozen = first.groups[first.trainable_layers :] if first.trainable_layers else []
+    if not frozen:
+        return True
+
+    def tensors(net: LayeredModel) -> list[torch.Tensor]:
+        groups = net.groups[net.trainable_layers :]
+        return [t for group in groups for t in (*group.parameters(), *group.buffers())]
+
+    mine = tensors(first)
+    return all(
+        all(torch.equal(a, b) for a, b in zip(mine, tensors(net), strict=True)) for net in nets[1:]
+    )
+
+
+def channel_stack(per_seed: torch.Tensor) -> torch.Tensor:
+    """(S, batch, C, ...) -> (batch, S·C, ...): seed s's tensors in its own channels.
+
+    >>> channel_stack(torch.zeros(3, 4, 2, 5, 5)).shape
+    torch.Size([4, 6, 5, 5])
+    """
+    seeds, batch, channels, *rest = per_seed.shape
+    return per_seed.transpose(0, 1).reshape(batch, seeds * channels, *rest)
+
+
+class SeedGroup:
+    """The seed-runs of one configuration trained as one model (see the module's docstring):
+    `train_epoch` trains every seed an epoch, each seed's own model then holds its weights.
 
     >>> import torch
     >>> from lsearch.spec import StudySpec
     >>> from lsearch.training.data import load_pool, split_for_seed
     >>> from lsearch.training.models import build_model
-    >>> from lsearch.training.seed_run import make_optimizer, start_seed_run
+    >>> from lsearch.training.seed_run import start_seed_run
     >>> spec = StudySpec.model_validate({"name": "s", "model": {"width": 8},
     ...     "data": {"train_per_class": 4, "val_per_class": 2}, "train": {"batch_size": 16}})
     >>> pool, cpu = load_pool(spec.data, torch.device("cpu")), torch.device("cpu")
@@ -125,53 +192,149 @@ def train_epoch_together(
     ...     net.freeze(2)
     ...     runs.append(start_seed_run(seed, net, split_for_seed(pool, spec.data, seed), pool,
     ...                                spec.data, spec.train, 0.1, 3e-3, 1, cpu))
-    >>> stacked = StackedSeeds(runs)
-    >>> optimizer = make_optimizer(stacked.trainable(), spec.train, 3e-3)
-    >>> losses = train_epoch_together(runs, stacked, optimizer)
+    >>> losses = SeedGroup(runs).train_epoch()
     >>> len(losses), losses[0] != losses[1]
     (2, True)
     """
-    first = runs[0]
-    count = first.split.train_labels.shape[0]
-    if any(run.split.train_labels.shape[0] != count for run in runs):
-        raise ValueError("seeds trained together need training subsets of one size")
-    orders = [
-        torch.randperm(count, generator=run.generator, device=run.generator.device).to(run.device)
-        for run in runs
-    ]
-    batch = first.train.batch_size
-    stops = [s for s in range(0, count, batch) if min(batch, count - s) > 1 or s == 0]
-    stacked.train_mode()
-    totals = torch.zeros(len(runs), device=first.device)
-    for start in stops:
-        interrupts.check()
-        indices = [order[start : start + batch] for order in orders]
-        inputs = torch.stack(
-            [
-                run._inputs(run.split.train_images[index], augment=True)
-                for run, index in zip(runs, indices, strict=True)
-            ]
-        )
-        with first._autocast():
-            logits = stacked(inputs)
-            losses = torch.stack(
-                [
-                    smoothed_cross_entropy(
-                        logits[s], run.split.train_labels[index], run.epsilon, run.train.smoothing
-                    )
-                    for s, (run, index) in enumerate(zip(runs, indices, strict=True))
-                ]
+
+    def __init__(self, runs: Sequence[SeedRun]) -> None:
+        if any(run.scaler is not None for run in runs):
+            raise ValueError("seeds cannot train together with a float16 gradient scaler")
+        self.runs = list(runs)
+        nets = [run.net for run in self.runs]
+        self.net = group_models(nets)
+        self.shared_prefix = _shared_prefix(nets)
+        if runs[0].device.type == "cuda":
+            self.net.model.to(memory_format=torch.channels_last)
+        first = self.runs[0]
+        lr = first.optimizer.param_groups[0]["lr"]
+        self.optimizer = make_optimizer(self.net.trainable_parameters(), first.train, lr)
+        self._pairs = [
+            (grouped, [run.net.trainable_parameters()[i] for run in self.runs])
+            for i, grouped in enumerate(self.net.trainable_parameters())
+        ]
+        self._load_optimizer_states()
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+    def _load_optimizer_states(self) -> None:
+        """Stack the seeds' optimizer states (a resumed run's) into the group's optimizer."""
+        for grouped, params in self._pairs:
+            states = [run.optimizer.state.get(p) for run, p in zip(self.runs, params, strict=True)]
+            if not all(states):
+                continue
+            self.optimizer.state[grouped] = {
+                key: torch.cat([s[key].reshape(-1) for s in states]).view(grouped.shape)
+                if value.shape == params[0].shape
+                else value.clone()  # Adam's step: one for all seeds, as they step together
+                for key, value in states[0].items()
+            }
+
+    def sync_optimizers(self) -> None:
+        """Copy the group's optimizer state into each seed's optimizer, whose `state_dict`
+        a checkpoint stores (the same as a seed trained alone writes)."""
+        for grouped, params in self._pairs:
+            state = self.optimizer.state.get(grouped)
+            if not state:
+                continue
+            for index, (run, param) in enumerate(zip(self.runs, params, strict=True)):
+                run.optimizer.state[param] = {
+                    key: seed_slice(value, self.seeds, index, param.shape).clone()
+                    if value.shape == grouped.shape
+                    else value.clone()
+                    for key, value in state.items()
+                }
+
+    @torch.no_grad()
+    def _write_back(self) -> None:
+        """Each seed's slice of the trainable tensors into its own model."""
+        grouped = self.net.trainable_state()
+        for index, run in enumerate(self.runs):
+            for name, tensor in run.net.trainable_state().items():
+                if tensor.dim() == 0:  # BatchNorm's num_batches_tracked: one count for all
+                    tensor.copy_(grouped[name])
+                else:
+                    tensor.copy_(seed_slice(grouped[name], self.seeds, index, tensor.shape))
+
+    def _features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The frozen prefix's output for each seed's batch, channel-stacked."""
+        first = self.runs[0]
+        if self.shared_prefix:
+            features = first.net.prefix(torch.cat(inputs))
+            stacked = channel_stack(features.view(self.seeds, -1, *features.shape[1:]))
+        else:
+            stacked = self.net.prefix(channel_stack(torch.stack(inputs)))
+        if first.device.type == "cuda" and stacked.dim() == 4:
+            stacked = stacked.contiguous(memory_format=torch.channels_last)
+        return stacked
+
+    def train_epoch(self) -> list[float]:
+        """One epoch of every seed at once (what `SeedRun.train_epoch` does for one): each
+        seed's mean training loss. NonFiniteLossError names the first seed whose loss is not
+        finite."""
+        first = self.runs[0]
+        count = first.split.train_labels.shape[0]
+        if any(run.split.train_labels.shape[0] != count for run in self.runs):
+            raise ValueError("seeds trained together need training subsets of one size")
+        orders = [
+            torch.randperm(count, generator=run.generator, device=run.generator.device).to(
+                run.device
             )
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        optimizer.step()
-        totals += losses.detach() * indices[0].shape[0]
-    if scheduler is not None:
-        scheduler.step()
-    stacked.write_back()
-    seen = sum(min(batch, count - s) for s in stops)
-    means = [float(total) / seen for total in totals.tolist()]
-    for run, mean in zip(runs, means, strict=True):
-        if not math.isfinite(mean):
-            raise NonFiniteLossError(f"training loss became {mean} (seed {run.seed})")
-    return means
+            for run in self.runs
+        ]
+        batch = first.train.batch_size
+        stops = [s for s in range(0, count, batch) if min(batch, count - s) > 1 or s == 0]
+        self.net.train_mode()
+        totals = torch.zeros(self.seeds, device=first.device)
+        for start in stops:
+            interrupts.check()
+            indices = [order[start : start + batch] for order in orders]
+            inputs = [
+                run._inputs(run.split.train_images[index], augment=True)
+                for run, index in zip(self.runs, indices, strict=True)
+            ]
+            with first._autocast():
+                logits = self.net.suffix(self._features(inputs))
+                losses = torch.stack(
+                    [
+                        smoothed_cross_entropy(
+                            logits[:, s],
+                            run.split.train_labels[index],
+                            run.epsilon,
+                            run.train.smoothing,
+                        )
+                        for s, (run, index) in enumerate(zip(self.runs, indices, strict=True))
+                    ]
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            self.optimizer.step()
+            totals += losses.detach() * indices[0].shape[0]
+        self._end_epoch()
+        seen = sum(min(batch, count - s) for s in stops)
+        means = [total / seen for total in totals.tolist()]
+        for run, mean in zip(self.runs, means, strict=True):
+            if not math.isfinite(mean):
+                raise NonFiniteLossError(f"training loss became {mean} (seed {run.seed})")
+        return means
+
+    def _end_epoch(self) -> None:
+        """Each seed's schedule steps as it would alone; the group takes its learning rate."""
+        for run in self.runs:
+            if run.scheduler is not None:
+                with warnings.catch_warnings():
+                    # The seed's own optimizer never steps (the group's does): PyTorch would
+                    # warn that the schedule steps first, but the seed's schedule is right.
+                    warnings.filterwarnings(
+                        "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                    )
+                    run.scheduler.step()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.runs[0].optimizer.param_groups[0]["lr"]
+        self._write_back()
+
+    def describe(self) -> dict[str, Any]:
+        """What a trial records of how its seeds trained."""
+        return {"seeds": self.seeds, "shared_prefix": self.shared_prefix}
