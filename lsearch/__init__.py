@@ -2,8 +2,8 @@
 
 The Python API: what each `lsearch` command does, as a function (the CLI is a thin layer
 over these). Importing lsearch imports neither torch nor Optuna; each function imports what
-it needs when called. (`lsearch bench` is `bench_speed` and `bench_pruning` here: the name
-`lsearch.bench` is the package that measures.)
+it needs when called. (`lsearch bench` is `bench_speed`, `bench_seeds` and `bench_pruning`
+here: the name `lsearch.bench` is the package that measures.)
 
 >>> import lsearch
 >>> lsearch.load_study_file("digits", {"train.batch_size": 64}).train.batch_size
@@ -16,6 +16,7 @@ from lsearch.api import (
     Interrupted,
     UserError,
     bench_pruning,
+    bench_seeds,
     bench_speed,
     best,
     compare,
@@ -37,6 +38,7 @@ __all__ = [
     "UserError",
     "__version__",
     "bench_pruning",
+    "bench_seeds",
     "bench_speed",
     "best",
     "compare",

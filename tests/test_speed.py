@@ -411,3 +411,72 @@ def test_a_search_s_test_value_is_its_best_configuration_trained_on_the_new_seed
         optuna.create_study().ask(), config, spec.seeds, prunes=False, test_set=test_set
     )
     assert search_seeds["test_acc"] != run.test_value
+
+
+def test_bench_seeds_alternates_the_two_ways_and_reports_each_way_s_median(monkeypatch) -> None:
+    """Rounds alternate which way goes first, each timing starts from fresh seed-runs, and
+    each way's figure is S x epochs seed-epochs over its median round."""
+    from lsearch.bench import seeds as bench_seeds
+
+    timed: list[tuple[bool, int]] = []
+    fake = {True: iter([1.0, 2.0, 9.0]), False: iter([3.0, 3.0, 4.0])}
+
+    def seconds(runs: list, together: bool, epochs: int, device: torch.device) -> float:
+        assert runs[0].net.model.training is True and len(runs) == 3
+        timed.append((together, id(runs[0])))
+        return next(fake[together])
+
+    monkeypatch.setattr(bench_seeds, "_seconds", seconds)
+    spec = tiny_spec()
+    speed = bench_seeds.measure_seeds_together(spec, load_pool(spec.data, CPU), CPU, 3, 2)
+    assert [together for together, _ in timed] == [False, True, True, False, False, True]
+    assert len({runs for _, runs in timed}) == 6, "fresh seed-runs for every timing"
+    assert speed.seed_epochs_per_s == 6 / 2.0 and speed.seed_epochs_per_s_one_at_a_time == 6 / 3.0
+    assert speed.ratio == 1.5 and speed.to_json()["together_over_one_at_a_time"] == 1.5
+    assert speed.conclusion().startswith("together trains 1.50x the seed-epochs per second")
+
+
+def test_bench_seeds_trains_every_seed_each_epoch_both_ways(monkeypatch) -> None:
+    """One timing of 2 epochs: a warm-up and 2 epochs, every seed trained and evaluated in
+    each, through one SeedGroup together and through each seed's own run otherwise."""
+    from lsearch.bench import seeds as bench_seeds
+    from lsearch.training.together import SeedGroup
+
+    calls: list[str] = []
+    for cls, name in ((SeedRun, "train_epoch"), (SeedGroup, "train_epoch"), (SeedRun, "evaluate")):
+        real = getattr(cls, name)
+
+        def counted(self, *args, _real=real, _label=f"{cls.__name__}.{name}"):  # type: ignore[no-untyped-def]
+            calls.append(_label)
+            return _real(self, *args)
+
+        monkeypatch.setattr(cls, name, counted)
+    spec = tiny_spec()
+    pool = load_pool(spec.data, CPU)
+    for together in (True, False):
+        calls.clear()
+        runs = bench_seeds._fresh_runs(spec, pool, CPU, 3)
+        assert [run.seed for run in runs] == [0, 1, 2]
+        bench_seeds._seconds(runs, together, 2, CPU)
+        trained = "SeedGroup.train_epoch" if together else "SeedRun.train_epoch"
+        assert calls.count(trained) == (3 if together else 9)
+        assert calls.count("SeedRun.evaluate") == 9 and len(calls) == (12 if together else 18)
+
+
+def test_bench_seeds_json_runs_without_optuna_and_refuses_one_seed(tmp_path) -> None:
+    command = [sys.executable, "-c", BARE, "bench", "--seeds", "2", "--epochs", "1", "--json",
+               "--device", "cpu", *TINY]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["seeds"] == 2 and out["study"] == "digits" and out["device"] == "cpu"
+    ratio = out["seed_epochs_per_s"] / out["seed_epochs_per_s_one_at_a_time"]
+    assert out["together_over_one_at_a_time"] == pytest.approx(ratio)
+    assert out["frozen_prefix"] == "none", "every layer of digits' baseline trains"
+    one = run_lsearch("bench", "--seeds", "1", *TINY, cwd=tmp_path)
+    assert one.returncode == 2 and "Traceback" not in one.stderr
+    assert (
+        one.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--seeds must be at least 2 to train seeds together (got 1)")
+    )

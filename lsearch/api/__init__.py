@@ -17,7 +17,14 @@ from lsearch.api.comparison import (
     evaluation_job,
     plan,
 )
-from lsearch.api.machine import Checkup, Speed, bench_pruning, bench_speed, doctor
+from lsearch.api.machine import (
+    Checkup,
+    Speed,
+    bench_pruning,
+    bench_seeds,
+    bench_speed,
+    doctor,
+)
 from lsearch.api.outputs import Dashboard, Export, Report, dashboard, export, report, write_atomic
 from lsearch.api.results import (
     BestTrials,
@@ -49,6 +56,7 @@ __all__ = [
     "UserError",
     "at_least",
     "bench_pruning",
+    "bench_seeds",
     "bench_speed",
     "best",
     "carry_out",

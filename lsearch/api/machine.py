@@ -1,6 +1,6 @@
-"""This machine: how fast a study trains here (`bench_speed`), whether pruning pays
-(`bench_pruning`), and whether everything a search needs is in place (`doctor`).
-`bench` needs neither a storage nor Optuna."""
+"""This machine: how fast a study trains here (`bench_speed`), whether training a trial's
+seeds together pays (`bench_seeds`), whether pruning pays (`bench_pruning`), and whether
+everything a search needs is in place (`doctor`). `bench` needs neither a storage nor Optuna."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from lsearch.bench.pruning import PruningResult
+    from lsearch.bench.seeds import SeedsSpeed
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,42 @@ def bench_speed(
         )
     result = measuring.measure_speed(spec, chosen, epochs, synthetic, baseline)
     return Speed(result, len(spec.seeds), measuring.mean_epochs(spec), chosen.type == "cuda")
+
+
+def bench_seeds(
+    study: str = DEFAULT_STUDY,
+    overrides: Overrides = None,
+    *,
+    seeds: int = 3,
+    epochs: int = 3,
+    device: str = "auto",
+    synthetic: bool = False,
+    console: Console | None = None,
+) -> SeedsSpeed:
+    """Seed-epochs per second of the study's [baseline] configuration on ``seeds`` seeds,
+    trained together and one at a time, alternating (``lsearch bench --seeds S``).
+
+    >>> import lsearch
+    >>> tiny = {"data.train_per_class": 10, "data.val_per_class": 10}
+    >>> speed = lsearch.bench_seeds("digits", tiny, seeds=2, epochs=1, device="cpu")
+    >>> speed.seeds, speed.ratio > 0, "seed_epochs_per_s_one_at_a_time" in speed.to_json()
+    (2, True, True)
+    """
+    from lsearch.bench.seeds import ROUNDS, measure_seeds_together
+    from lsearch.bench.workload import bench_data
+    from lsearch.training.devices import describe_device
+
+    at_least("--epochs", epochs, 1)
+    spec, chosen = _spec_on_device(study, overrides, device)
+    spec, pool, _ = bench_data(spec, chosen, synthetic)
+    if console is not None:
+        console.print(
+            f"timing {seeds} seeds of {spec.name} ({spec.model.name}) on "
+            f"{describe_device(chosen)} together and one at a time: {ROUNDS} alternating rounds "
+            f"of {epochs} epochs each way, after a warm-up",
+            highlight=False,
+        )
+    return measure_seeds_together(spec, pool, chosen, seeds, epochs)
 
 
 def bench_pruning(

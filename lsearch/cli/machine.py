@@ -53,6 +53,15 @@ def bench(
             "on the test set over 5 new seeds (in memory)",
         ),
     ] = False,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds",
+            help="Instead, time S seeds of the baseline configuration trained together (one "
+            "grouped model) and one at a time, alternating, and print seed-epochs per second "
+            "both ways and their ratio",
+        ),
+    ] = None,
     trials: Annotated[int, typer.Option(help="Trials per search, with --search")] = 100,
     sampler_seeds: Annotated[
         int, typer.Option(help="Sampler seeds (searches per arm), with --search")
@@ -75,6 +84,18 @@ def bench(
             return
         print_table(api.TableData(pruning.title, pruning.header(), pruning.rows()))
         out.print(pruning.conclusion(), highlight=False)
+        return
+    if seeds is not None:
+        together = api.bench_seeds(
+            study, set_, seeds=seeds, epochs=epochs, device=device, synthetic=synthetic,
+            console=None if as_json else err,
+        )  # fmt: skip
+        if as_json:
+            out.print_json(json.dumps(together.to_json(), allow_nan=False))
+            return
+        header = ["", "seed-epochs/s", "ms per seed-epoch"]
+        print_table(api.TableData(together.title(), header, together.rows()))
+        out.print(together.conclusion(), highlight=False)
         return
     speed = api.bench_speed(
         study, set_, epochs=epochs, device=device, synthetic=synthetic, baseline=baseline,

@@ -1,0 +1,148 @@
+"""`lsearch bench --seeds S`: seed-epochs per second with a trial's seeds trained together
+(`training.together.SeedGroup`) and one at a time, measured in one process, alternating.
+
+A seed-epoch is what a trial does for one seed in one epoch: train it, then evaluate it on
+its validation images. Both ways train the study's baseline configuration on seeds 0 to
+S - 1, built as a trial builds them; each timing starts from fresh seed-runs after one
+warm-up epoch, and the two ways alternate over `rounds` rounds (the other way first in
+every other round), so that a machine that slows down or speeds up meanwhile weighs on both.
+The median round of each way is reported.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lsearch.bench.workload import sync, trial_model
+from lsearch.errors import UserError
+from lsearch.spec import StudySpec
+from lsearch.training.data import ImagePool, split_for_seed
+from lsearch.training.devices import describe_device
+from lsearch.training.seed_run import FeatureCache, SeedRun, start_seed_run
+from lsearch.training.together import SeedGroup, frozen_prefix
+
+ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class SeedsSpeed:
+    """Seed-epochs per second both ways, each the median of `rounds` timings."""
+
+    study: str
+    device: str
+    seeds: int
+    epochs: int
+    rounds: int
+    seed_epochs_per_s: float  # together
+    seed_epochs_per_s_one_at_a_time: float
+    frozen_prefix: str  # "shared" (run once for all seeds), "per seed" or "none"
+
+    @property
+    def ratio(self) -> float:
+        """How many times the seed-epochs per second of one at a time together trains."""
+        return self.seed_epochs_per_s / self.seed_epochs_per_s_one_at_a_time
+
+    def title(self) -> str:
+        return f"{self.study}, {self.seeds} seeds, {self.device}"
+
+    def rows(self) -> list[list[str]]:
+        """Seed-epochs per second, and the seconds one takes, each way."""
+        both = (("together", self.seed_epochs_per_s),
+                ("one at a time", self.seed_epochs_per_s_one_at_a_time))  # fmt: skip
+        return [[label, f"{rate:,.1f}", f"{1000 / rate:,.1f}"] for label, rate in both]
+
+    def conclusion(self) -> str:
+        return (
+            f"together trains {self.ratio:.2f}x the seed-epochs per second of one at a time "
+            f"(median of {self.rounds} alternating rounds of {self.epochs} epochs each way)"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study": self.study,
+            "device": self.device,
+            "seeds": self.seeds,
+            "epochs": self.epochs,
+            "rounds": self.rounds,
+            "seed_epochs_per_s": self.seed_epochs_per_s,
+            "seed_epochs_per_s_one_at_a_time": self.seed_epochs_per_s_one_at_a_time,
+            "together_over_one_at_a_time": self.ratio,
+            "frozen_prefix": self.frozen_prefix,
+            "basis": "a seed-epoch trains one seed an epoch and evaluates it; the median of "
+            f"{self.rounds} alternating rounds of {self.epochs} epochs each way, after a warm-up",
+        }
+
+
+def _fresh_runs(
+    spec: StudySpec, pool: ImagePool, device: torch.device, seeds: int
+) -> list[SeedRun]:
+    """Seed-runs 0 .. seeds - 1 of the baseline configuration, as a trial starts them."""
+    base, cache = spec.baseline, FeatureCache.for_device(device)
+    runs = []
+    for seed in range(seeds):
+        run = start_seed_run(
+            seed, trial_model(spec, pool, base.trainable_layers, seed),
+            split_for_seed(pool, spec.data, seed), pool, spec.data, spec.train,
+            base.label_smoothing, base.lr, base.epochs, device,
+        )  # fmt: skip
+        run.features, run.features_key = cache, (seed, base.trainable_layers)
+        runs.append(run)
+    return runs
+
+
+def _seconds(runs: list[SeedRun], together: bool, epochs: int, device: torch.device) -> float:
+    """Seconds for `epochs` epochs of every seed (train, then evaluate), after a warm-up."""
+    group = SeedGroup(runs) if together else None
+
+    def epoch() -> None:
+        losses = group.train_epoch() if group else [run.train_epoch() for run in runs]
+        for run, loss in zip(runs, losses, strict=True):
+            run.evaluate(loss)
+
+    epoch()  # warm-up: allocator, cuDNN autotuning, the feature cache's first fill
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        epoch()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def measure_seeds_together(
+    spec: StudySpec, pool: ImagePool, device: torch.device, seeds: int, epochs: int,
+    rounds: int = ROUNDS,
+) -> SeedsSpeed:  # fmt: skip
+    """Time `seeds` seeds of the baseline configuration together and one at a time.
+
+    >>> from lsearch.spec import StudySpec
+    >>> from lsearch.training.data import load_pool
+    >>> spec = StudySpec.model_validate({"name": "s", "model": {"width": 8},
+    ...     "data": {"train_per_class": 4, "val_per_class": 2}})
+    >>> cpu = torch.device("cpu")
+    >>> speed = measure_seeds_together(spec, load_pool(spec.data, cpu), cpu, 2, 1, rounds=1)
+    >>> speed.seeds, speed.ratio > 0
+    (2, True)
+    """
+    if seeds < 2:
+        raise UserError(f"--seeds must be at least 2 to train seeds together (got {seeds})")
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for round_ in range(rounds):
+        for together in (True, False) if round_ % 2 else (False, True):
+            runs = _fresh_runs(spec, pool, device, seeds)
+            times[together].append(_seconds(runs, together, epochs, device))
+    seed_epochs = seeds * epochs
+    return SeedsSpeed(
+        study=spec.name,
+        device=describe_device(device),
+        seeds=seeds,
+        epochs=epochs,
+        rounds=rounds,
+        seed_epochs_per_s=seed_epochs / statistics.median(times[True]),
+        seed_epochs_per_s_one_at_a_time=seed_epochs / statistics.median(times[False]),
+        frozen_prefix=frozen_prefix([run.net for run in _fresh_runs(spec, pool, device, seeds)]),
+    )
