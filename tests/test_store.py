@@ -258,3 +258,70 @@ def test_the_catalog_finds_studies_by_kind_and_never_the_old_registry() -> None:
     optuna.create_study(storage=storage, study_name="second")
     with pytest.raises(UserError, match="several search studies"):
         catalog.pick_study(storage, None)
+
+
+def test_a_search_trial_writes_its_user_attrs_in_three_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """About 25 user attrs a trial, each its own transaction in Optuna, go in three: those
+    known at the start, those known once the seeds are built, and the results. Fails if a
+    later Optuna moves the internals the one-transaction write uses (it would fall back to
+    one call each)."""
+    from lsearch.search.loop import run_until
+    from lsearch.search.objective import SearchObjective
+    from lsearch.store import resilient
+    from lsearch.training.data import load_pool
+    from tests.test_held_out import CPU, tiny_spec
+
+    batches: list[list[str]] = []
+    real_write = resilient.write_user_attrs
+
+    def counted(storage: object, trial_id: int, attrs: dict) -> None:
+        batches.append(sorted(attrs))
+        real_write(storage, trial_id, attrs)  # type: ignore[arg-type]
+
+    single: list[str] = []
+    real_single = optuna.storages.RDBStorage.set_trial_user_attr
+
+    def one(self: object, trial_id: int, key: str, value: object) -> None:
+        single.append(key)
+        real_single(self, trial_id, key, value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(resilient, "write_user_attrs", counted)
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_user_attr", one)
+    spec = tiny_spec(space={"epochs": {"value": 2}}, pruner={"type": "none"})
+    storage = open_storage(f"sqlite:///{tmp_path / 'attrs.db'}")
+    study = optuna.create_study(storage=storage, direction="maximize")
+    run_until(study, SearchObjective(spec, load_pool(spec.data, CPU), CPU), 1)
+    (trial,) = study.trials
+    assert single == [], "no user attr written on its own"
+    assert len(batches) == 3 and batches[1] == ["precision", "seeds_together"]
+    assert "config" in batches[0] and "curve_val_acc" in batches[2] and "val_acc" in batches[2]
+    assert sorted(trial.user_attrs) == sorted(name for batch in batches for name in batch)
+    assert trial.user_attrs["epochs_run"] == 2 and len(trial.user_attrs["curve_val_acc"]) == 2
+
+
+def test_batched_user_attrs_let_other_threads_write_at_once_and_write_on_an_error(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint's pointer is written from the writer's thread and must land before its
+    file: inside another thread's block it goes straight through. A block that raises still
+    writes what it gathered; a nested block leaves the writing to the outer one."""
+    from lsearch.store.resilient import batched_user_attrs
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'batch.db'}")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    stored = lambda: study.trials[0].user_attrs  # noqa: E731
+    with pytest.raises(RuntimeError, match="boom"), batched_user_attrs(trial):
+        trial.set_user_attr("a", 1)
+        with batched_user_attrs(trial):
+            trial.set_user_attr("b", 2)
+        assert stored() == {}, "the nested block wrote nothing"
+        other = threading.Thread(target=trial.set_user_attr, args=("pointer", 3))
+        other.start()
+        other.join()
+        assert stored() == {"pointer": 3}
+        raise RuntimeError("boom")
+    assert stored() == {"a": 1, "b": 2, "pointer": 3}
+    assert trial.user_attrs == stored()

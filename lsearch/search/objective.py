@@ -59,7 +59,7 @@ from lsearch.store.catalog import (
     curve_attr,
     per_seed_attr,
 )
-from lsearch.store.resilient import is_transient
+from lsearch.store.resilient import batched_user_attrs, is_transient
 from lsearch.training import metrics
 from lsearch.training.data import ImagePool, Split, TestSet, split_for_seed
 from lsearch.training.devices import CoreShare, describe_device
@@ -211,19 +211,21 @@ class SearchObjective:
         from this one, exact under a constant learning rate); the attr `held_out` maps each
         of those epoch counts to its results.
         """
-        trial.set_user_attr(CONFIG_ATTR, asdict(config))
-        trial.set_user_attr(SEEDS_RUN_ATTR, list(seeds))
-        trial.set_user_attr(CHOSEN_BY_ATTR, "val_acc")
-        trial.set_user_attr(DEVICE_ATTR, describe_device(self.device))
-        if self.cores is not None:
-            trial.set_user_attr(THREADS_ATTR, self.cores.refresh())
+        with batched_user_attrs(trial):
+            trial.set_user_attr(CONFIG_ATTR, asdict(config))
+            trial.set_user_attr(SEEDS_RUN_ATTR, list(seeds))
+            trial.set_user_attr(CHOSEN_BY_ATTR, "val_acc")
+            trial.set_user_attr(DEVICE_ATTR, describe_device(self.device))
+            if self.cores is not None:
+                trial.set_user_attr(THREADS_ATTR, self.cores.refresh())
         started = time.perf_counter()
         self.features.new_trial()
         runs = [self.start(seed, config) for seed in seeds]
-        trial.set_user_attr(PRECISION_ATTR, runs[0].precision.name)  # float16, bfloat16, float32
         progress = self.resume(trial, config, runs, prunes) or TrialProgress([[] for _ in runs])
         together = trains_together(self.spec.train.seeds_together, self.device, runs)
-        trial.set_user_attr(SEEDS_TOGETHER_ATTR, together)
+        with batched_user_attrs(trial):
+            trial.set_user_attr(PRECISION_ATTR, runs[0].precision.name)  # or bfloat16, float16
+            trial.set_user_attr(SEEDS_TOGETHER_ATTR, together)
         # Built after a resume, so that the group starts from the seeds' restored state.
         self._group = SeedGroup(runs) if together else None
         first_epoch = progress.epochs_run + 1
@@ -306,16 +308,16 @@ class SearchObjective:
             if patience is not None and epoch - progress.best_epoch >= patience:
                 break
         final: dict[str, Any] = {}
+        held_out: dict[str, Any] = {}
         if test_set is not None:
             # A run that stopped early (patience) gives every longer epoch count its result.
             final = self._held_out(runs, progress, test_set, progress.epochs_run)
             for count in {*test_at, config.epochs}:
                 if count not in progress.held_out or count >= progress.epochs_run:
                     progress.held_out[count] = final
-            trial.set_user_attr(HELD_OUT_ATTR, {str(k): v for k, v in progress.held_out.items()})
-            for key, value in final.items():
-                trial.set_user_attr(key, value)
-        return {**self._record(trial, progress, started, first_epoch, pruned_at=None), **final}
+            held_out = {HELD_OUT_ATTR: {str(k): v for k, v in progress.held_out.items()}, **final}
+        attrs = self._record(trial, progress, started, first_epoch, None, also=held_out)
+        return {**attrs, **final}
 
     def _train_epoch(self, trial: optuna.Trial, runs: list[SeedRun], epoch: int) -> list[float]:
         """One epoch of every seed, together or one after another: their mean losses. A loss
@@ -372,8 +374,10 @@ class SearchObjective:
         started: float,
         first_epoch: int,
         pruned_at: int | None,
+        also: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write the trial's user attrs at the chosen epoch and return them."""
+        """Write the trial's user attrs at the chosen epoch, and `also` these, in one
+        transaction; return the first."""
         history = progress.history
         epochs_run = progress.epochs_run
         chosen = progress.chosen_epoch(self.spec.objective, epochs_run)
@@ -407,8 +411,9 @@ class SearchObjective:
             curve_attr("val_acc"): [[m.val_acc for m in c] for c in history],
             curve_attr("val_ece"): [[m.val_ece for m in c] for c in history],
         }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        with batched_user_attrs(trial):
+            for key, value in {**attrs, **(also or {})}.items():
+                trial.set_user_attr(key, value)
         if self.checkpoints is not None and self._writer is not None:
             if self.checkpoints.keep_final:
                 self._writer.flush()  # the kept checkpoint is the last epoch's
