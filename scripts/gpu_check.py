@@ -7,11 +7,12 @@ measured). On a GPU it measures the CUDA path at 32, 64 and 224 px; on a CPU (an
 runs the same steps at 32 px with tiny sizes and reports the CUDA-only steps as not run, so the
 script cannot rot.
 
-Steps: doctor; bench at each size with and without train.deterministic (and the usual way at
-the largest); a short ResNet-18 search on digits images; two reruns compared for bit-exactness
-(in both determinism modes); an interrupt and its resume, compared with an uninterrupted run;
-a GPU checkpoint resumed on the CPU and a CPU one on the GPU; float16 with the gradient scaler
-(forced by LSEARCH_PRECISION on a GPU that has bfloat16); two workers on one GPU.
+Steps: doctor; bench at each size with and without train.deterministic (and the usual way
+at the largest), and three seeds together against one at a time; a short ResNet-18 search on
+digits images; two reruns compared for bit-exactness (in both determinism modes); an interrupt
+and its resume, compared with an uninterrupted run; a GPU checkpoint resumed on the CPU and a
+CPU one on the GPU; float16 with the gradient scaler (forced by LSEARCH_PRECISION on a GPU that
+has bfloat16); two workers on one GPU.
 """
 
 from __future__ import annotations
@@ -178,21 +179,38 @@ def doctor(check: Check) -> dict[str, Any]:
     return {"exit_code": result.returncode, "checks": report["checks"]}
 
 
-def bench(deterministic: bool, size: int, baseline: bool = False) -> dict[str, Any]:
-    """lsearch bench in this process (one CUDA start-up for every size and mode)."""
-    from lsearch.bench import speed as benchmark
+def bench_spec(deterministic: bool, size: int, weights: str = "none") -> tuple[Any, torch.device]:
+    """The study bench times (cifar10-resnet18 at `size` px) and the device."""
     from lsearch.spec import load_spec
     from lsearch.training.devices import resolve_device, set_determinism
 
     overrides = [f"data.image_size={size}", f"train.deterministic={str(deterministic).lower()}",
-                 "model.weights=\"none\""]  # fmt: skip
+                 f"model.weights=\"{weights}\""]  # fmt: skip
     for table, values in BENCH_SETS.items():
         overrides += [f"{table}.{key}={value}" for key, value in values.items()]
-    spec = load_spec("cifar10-resnet18", overrides)
     device = resolve_device("cuda" if CUDA else "cpu")
     set_determinism(device, deterministic)
+    return load_spec("cifar10-resnet18", overrides), device
+
+
+def bench(deterministic: bool, size: int, baseline: bool = False) -> dict[str, Any]:
+    """lsearch bench in this process (one CUDA start-up for every size and mode)."""
+    from lsearch.bench import speed as benchmark
+
+    spec, device = bench_spec(deterministic, size)
     result = benchmark.measure_speed(spec, device, BENCH_EPOCHS, synthetic=True, baseline=baseline)
     return result.to_json(len(spec.seeds), benchmark.mean_epochs(spec))
+
+
+def seeds_together(size: int) -> dict[str, Any]:
+    """lsearch bench --seeds 3: the seeds of a trial together against one at a time."""
+    from lsearch.bench.seeds import measure_seeds_together
+    from lsearch.bench.workload import bench_data
+
+    # ImageNet's weights, which bench_data replaces by one random set for every seed offline.
+    spec, device = bench_spec(True, size, weights="imagenet")
+    spec, pool, _ = bench_data(spec, device, synthetic=True)
+    return measure_seeds_together(spec, pool, device, 3, BENCH_EPOCHS).to_json()
 
 
 def reruns(check: Check, deterministic: bool) -> dict[str, Any]:
@@ -300,6 +318,7 @@ def main() -> int:
             check.step(f"bench {size} px, deterministic={deterministic}",
                        lambda s=size, d=deterministic, b=largest: bench(d, s, baseline=b),
                        cuda_only=not deterministic)  # fmt: skip
+        check.step(f"seeds together {size} px", lambda s=size: seeds_together(s))
     check.step("search and rerun, deterministic", lambda: reruns(check, True), needs_s=30)
     check.step("search and rerun, cuDNN autotuned", lambda: reruns(check, False),
                cuda_only=True, needs_s=30)  # fmt: skip

@@ -87,6 +87,29 @@ def test_bench_without_a_frozen_prefix_caches_nothing() -> None:
     assert (cache["misses"], cache["hits"], cache["entries"], cache["bytes"]) == (0, 0, 0, 0)
 
 
+def test_a_trial_that_trains_its_seeds_together_is_measured_together(monkeypatch) -> None:
+    """Where the study trains seeds together (auto: on CUDA), the memory measured is that
+    of the grouped model: two epochs of the group, every seed evaluated in each."""
+    from lsearch.bench import memory
+    from lsearch.training.together import SeedGroup
+
+    epochs: list[int] = []
+    real = SeedGroup.train_epoch
+
+    def counted(self: SeedGroup) -> list[float]:
+        epochs.append(self.seeds)
+        return real(self)
+
+    monkeypatch.setattr(SeedGroup, "train_epoch", counted)
+    spec = three_seeds(trainable_layers=2)
+    train = spec.train.model_copy(update={"seeds_together": True})
+    spec = spec.model_copy(update={"train": train})
+    measured = memory.measure_trial_memory(spec, load_pool(spec.data, CPU), CPU)
+    assert epochs == [3, 3] and measured.seeds == 3
+    cache = measured.feature_cache
+    assert (cache["misses"], cache["hits"], cache["entries"]) == (3, 3, 3)
+
+
 def test_cuda_trial_memory_puts_each_reading_in_its_named_field(monkeypatch) -> None:
     calls = []
 

@@ -15,6 +15,7 @@ STEPS = [
     ("doctor", False),
     ("bench 32 px, deterministic=True", False),
     ("bench 32 px, deterministic=False", True),
+    ("seeds together 32 px", False),
     ("search and rerun, deterministic", False),
     ("search and rerun, cuDNN autotuned", True),
     ("interrupt and resume", False),
@@ -51,6 +52,9 @@ def test_the_gpu_check_runs_every_step_on_the_cpu_and_writes_one_json(tmp_path: 
     bench = steps["bench 32 px, deterministic=True"]
     assert bench["image_size"] == 32 and bench["train_images_per_s"] > 0
     assert bench["trial_memory"]["seeds"] == 3 and bench["baseline"]["train_images_per_s"] > 0
+    together = steps["seeds together 32 px"]
+    assert together["seeds"] == 3 and together["seed_epochs_per_s_one_at_a_time"] > 0
+    assert together["frozen_prefix"] == "shared", "ResNet-18 with two groups trainable"
     rerun = steps["search and rerun, deterministic"]
     assert rerun["bit_exact"] is True and rerun["trials"] == 2, rerun
     interrupt = steps["interrupt and resume"]

@@ -19,6 +19,7 @@ from lsearch.bench.workload import sync, trial_model
 from lsearch.spec import StudySpec
 from lsearch.training.data import ImagePool, split_for_seed
 from lsearch.training.seed_run import FeatureCache, snapshot, start_seed_run
+from lsearch.training.together import SeedGroup, trains_together
 
 MB = 2**20
 
@@ -98,7 +99,8 @@ def read_trial_memory(device: torch.device, seeds: int, cache: FeatureCache) -> 
 
 
 def measure_trial_memory(spec: StudySpec, pool: ImagePool, device: torch.device) -> TrialMemory:
-    """What a trial of the baseline configuration holds: one seed run per seed of
+    """What a trial of the baseline configuration holds (its seeds together where the study
+    trains them so on this device: `train.seeds_together`): one seed run per seed of
     `spec.seeds`, built as `SearchObjective.start` builds them and sharing one feature cache keyed
     (seed, trainable_layers), trained and evaluated for one epoch in lockstep; then the first
     seed trains and evaluates again, because a trial's later epochs train with every seed's
@@ -125,7 +127,14 @@ def measure_trial_memory(spec: StudySpec, pool: ImagePool, device: torch.device)
     # A trial also keeps its last finished epoch's state on the device for checkpoints, and
     # a second while a write is in flight: both are held here as the trial would hold them.
     snapshots = []
-    for index, run in enumerate([*runs, runs[0]]):
+    if trains_together(spec.train.seeds_together, device, runs):
+        group = SeedGroup(runs)  # its grouped copy of the seeds' models is held too
+        for _ in range(2):
+            for run, loss in zip(runs, group.train_epoch(), strict=True):
+                run.evaluate(loss)
+            group.sync_optimizers()
+            snapshots.append(snapshot([r.state_dict() for r in runs]))
+    for index, run in enumerate([] if snapshots else [*runs, runs[0]]):
         run.evaluate(run.train_epoch())
         if index >= len(runs) - 1:
             snapshots.append(snapshot([r.state_dict() for r in runs]))

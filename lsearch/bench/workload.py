@@ -6,6 +6,11 @@ Nothing here touches a storage: Optuna and SQLAlchemy are not imported.
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -49,16 +54,30 @@ def bench_data(
             try:
                 build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
             except UserError:
-                spec = spec.model_copy(
-                    update={"model": spec.model.model_copy(update={"weights": "none"})}
+                model = spec.model.model_copy(
+                    update={"weights": str(random_weights(spec)), "weights_sha256": None}
                 )
+                spec = spec.model_copy(update={"model": model})
                 notes.append(
-                    "randomly initialised weights: the study's weights cannot be had here "
-                    "(the speed is the same)"
+                    "randomly initialised weights, the same for every seed as the study's would "
+                    "be: the study's weights cannot be had here (the speed is the same)"
                 )
     else:
         pool = load_pool(spec.data, device, spec.model.weights)
     return spec, pool, notes
+
+
+def random_weights(spec: StudySpec) -> Path:
+    """A file of randomly initialised weights of the study's architecture, standing in for
+    pretrained ones that cannot be had here: like them, every seed starts its frozen layers
+    from the same tensors (so seeds trained together share the frozen prefix). It lives in a
+    folder of this process, removed when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix="lsearch-bench-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / f"random-{spec.model.name}.pth"
+    plain = spec.model.model_copy(update={"weights": "none", "weights_sha256": None})
+    torch.save(build_model(plain, 3, 10, seed=0).model.state_dict(), path)
+    return path
 
 
 def trial_model(
