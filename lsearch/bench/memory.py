@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from lsearch.bench.workload import sync, trial_model
+from lsearch.bench.workload import sync, trial_runs
 from lsearch.spec import StudySpec
-from lsearch.training.data import ImagePool, split_for_seed
-from lsearch.training.seed_run import FeatureCache, snapshot, start_seed_run
+from lsearch.training.data import ImagePool
+from lsearch.training.seed_run import FeatureCache, snapshot
 from lsearch.training.together import SeedGroup, trains_together
 
 MB = 2**20
@@ -106,7 +106,6 @@ def measure_trial_memory(spec: StudySpec, pool: ImagePool, device: torch.device)
     seed trains and evaluates again, because a trial's later epochs train with every seed's
     features cached (in the first, the last seed trains before its own are), with the checkpoint
     snapshots of two epochs held as a trial holds them while a write is in flight."""
-    base = spec.baseline
     if device.type == "cuda":
         # The one-seed run's leftovers go back to the device, so the reserve read is the
         # trial's; the peaks then start from what stays (the pool).
@@ -115,15 +114,7 @@ def measure_trial_memory(spec: StudySpec, pool: ImagePool, device: torch.device)
         torch.cuda.reset_peak_memory_stats(device)
     cache = FeatureCache.for_device(device)  # a worker's, made before its first trial
     cache.new_trial()
-    runs = []
-    for seed in spec.seeds:
-        run = start_seed_run(
-            seed, trial_model(spec, pool, base.trainable_layers, seed),
-            split_for_seed(pool, spec.data, seed), pool, spec.data, spec.train,
-            base.label_smoothing, base.lr, base.epochs, device,
-        )  # fmt: skip
-        run.features, run.features_key = cache, (seed, base.trainable_layers)
-        runs.append(run)
+    runs = trial_runs(spec, pool, device, spec.seeds, cache)
     # A trial also keeps its last finished epoch's state on the device for checkpoints, and
     # a second while a write is in flight: both are held here as the trial would hold them.
     snapshots = []

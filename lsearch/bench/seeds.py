@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from lsearch.bench.workload import sync, trial_model
+from lsearch.bench.workload import sync, trial_runs
 from lsearch.errors import UserError
 from lsearch.spec import StudySpec
-from lsearch.training.data import ImagePool, split_for_seed
+from lsearch.training.data import ImagePool
 from lsearch.training.devices import describe_device
-from lsearch.training.seed_run import FeatureCache, SeedRun, start_seed_run
+from lsearch.training.seed_run import FeatureCache, SeedRun
 from lsearch.training.together import SeedGroup, frozen_prefix
 
 ROUNDS = 3
@@ -82,17 +82,7 @@ def _fresh_runs(
     spec: StudySpec, pool: ImagePool, device: torch.device, seeds: int
 ) -> list[SeedRun]:
     """Seed-runs 0 .. seeds - 1 of the baseline configuration, as a trial starts them."""
-    base, cache = spec.baseline, FeatureCache.for_device(device)
-    runs = []
-    for seed in range(seeds):
-        run = start_seed_run(
-            seed, trial_model(spec, pool, base.trainable_layers, seed),
-            split_for_seed(pool, spec.data, seed), pool, spec.data, spec.train,
-            base.label_smoothing, base.lr, base.epochs, device,
-        )  # fmt: skip
-        run.features, run.features_key = cache, (seed, base.trainable_layers)
-        runs.append(run)
-    return runs
+    return trial_runs(spec, pool, device, range(seeds), FeatureCache.for_device(device))
 
 
 def _seconds(runs: list[SeedRun], together: bool, epochs: int, device: torch.device) -> float:

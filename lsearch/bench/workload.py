@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ import torch
 
 from lsearch.errors import UserError
 from lsearch.spec import StudySpec
-from lsearch.training.data import ImagePool, load_pool
+from lsearch.training.data import ImagePool, load_pool, split_for_seed
 from lsearch.training.models import LayeredModel, build_model
-from lsearch.training.seed_run import seed_everything
+from lsearch.training.seed_run import FeatureCache, SeedRun, seed_everything, start_seed_run
 
 # Shapes of the datasets lsearch knows: channels, side, classes (before data.classes).
 SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10)}
@@ -88,6 +89,24 @@ def trial_model(
     net = build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=seed)
     net.freeze(trainable_layers)
     return net
+
+
+def trial_runs(
+    spec: StudySpec, pool: ImagePool, device: torch.device, seeds: Sequence[int],
+    cache: FeatureCache,
+) -> list[SeedRun]:  # fmt: skip
+    """The seed-runs of the baseline configuration on `seeds`, as a trial starts them, sharing
+    the feature cache as a worker's trials do (keyed by seed and trainable layers)."""
+    base, runs = spec.baseline, []
+    for seed in seeds:
+        run = start_seed_run(
+            seed, trial_model(spec, pool, base.trainable_layers, seed),
+            split_for_seed(pool, spec.data, seed), pool, spec.data, spec.train,
+            base.label_smoothing, base.lr, base.epochs, device,
+        )  # fmt: skip
+        run.features, run.features_key = cache, (seed, base.trainable_layers)
+        runs.append(run)
+    return runs
 
 
 def sync(device: torch.device) -> None:
