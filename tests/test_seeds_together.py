@@ -173,6 +173,31 @@ def test_seeds_together_differ_from_each_other_and_repeat_exactly() -> None:
         assert all(torch.equal(a, theirs[name]) for name, a in one.net.model.state_dict().items())
 
 
+def test_a_seed_that_leaves_the_group_lets_the_others_go_on_as_they_would_alone() -> None:
+    """A comparison's seed-runs stop on their own: after epoch 1 seed 1 leaves, seeds 0 and 2
+    go on together for epoch 2, then seed 2 leaves and seed 0 trains epoch 3 alone; every
+    seed ends as it would have trained alone for its epochs."""
+    spec = _spec("small_cnn", 3)
+    alone = _runs(spec)
+    expected = {run.seed: [] for run in alone}
+    for epochs, run in zip((3, 1, 2), alone, strict=True):
+        expected[run.seed] = [run.train_epoch() for _ in range(epochs)]
+    runs = _runs(spec)
+    group = SeedGroup(runs)
+    losses = {run.seed: [loss] for run, loss in zip(runs, group.train_epoch(), strict=True)}
+    group = group.without([runs[1]])
+    assert group is not None and [run.seed for run in group.runs] == [0, 2]
+    for run, loss in zip(group.runs, group.train_epoch(), strict=True):
+        losses[run.seed].append(loss)
+    assert group.without([runs[2]]) is None, "one seed left trains alone"
+    losses[0].append(runs[0].train_epoch())
+    torch.testing.assert_close(losses, expected, rtol=1e-5, atol=1e-6)
+    for one, other in zip(alone, runs, strict=True):
+        torch.testing.assert_close(
+            other.net.trainable_state(), one.net.trainable_state(), rtol=1e-4, atol=1e-5
+        )
+
+
 def test_seeds_together_need_training_subsets_of_one_size() -> None:
     runs = _runs(_spec("small_cnn", 2))
     runs[1].split = dataclasses.replace(runs[1].split, train_labels=runs[1].split.train_labels[:-1])

@@ -258,6 +258,14 @@ class SeedGroup:
                     for key, value in state.items()
                 }
 
+    def without(self, leaving: Sequence[SeedRun]) -> SeedGroup | None:
+        """The group the other seeds go on in when `leaving` stop (a comparison's seed-run
+        that chose its epoch or ran out of patience): each seed's optimizer state is synced
+        first, so the new group, or a last seed alone (None), continues as before."""
+        self.sync_optimizers()
+        staying = [run for run in self.runs if all(run is not gone for gone in leaving)]
+        return SeedGroup(staying) if len(staying) > 1 else None
+
     @torch.no_grad()
     def _write_back(self) -> None:
         """Each seed's slice of the trainable tensors into its own model."""
