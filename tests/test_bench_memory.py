@@ -23,8 +23,9 @@ from lsearch.bench.speed import mean_epochs, measure_speed
 from lsearch.spec import StudySpec
 from lsearch.training import devices
 from lsearch.training.data import load_pool, split_for_seed
+from lsearch.training.features import FeatureCache
 from lsearch.training.models import build_model
-from lsearch.training.seed_run import FeatureCache, start_seed_run
+from lsearch.training.seed_run import start_seed_run
 from tests.test_speed import tiny_spec
 
 CPU = torch.device("cpu")

@@ -16,8 +16,9 @@ from lsearch.bench.speed import mean_epochs, measure_speed
 from lsearch.bench.workload import synthetic_pool
 from lsearch.spec import StudySpec, load_spec
 from lsearch.training.data import load_pool, split_for_seed
+from lsearch.training.features import FeatureCache
 from lsearch.training.models import build_model
-from lsearch.training.seed_run import FeatureCache, SeedRun, make_optimizer, start_seed_run
+from lsearch.training.seed_run import SeedRun, make_optimizer, start_seed_run
 from tests.conftest import TINY, TINY_SETS, run_lsearch
 
 CPU = torch.device("cpu")
@@ -179,7 +180,7 @@ def test_a_whole_network_trial_caches_no_inputs_and_gives_the_same_logits() -> N
 
 
 def test_the_gpu_feature_budget_is_a_quarter_of_the_free_memory(monkeypatch) -> None:
-    from lsearch.training import seed_run as train
+    from lsearch.training import features as train
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
     budget, basis = train.feature_cache_budget(torch.device("cuda", 0))

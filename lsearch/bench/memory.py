@@ -18,7 +18,8 @@ import torch
 from lsearch.bench.workload import sync, trial_runs
 from lsearch.spec import StudySpec
 from lsearch.training.data import ImagePool
-from lsearch.training.seed_run import FeatureCache, snapshot
+from lsearch.training.features import FeatureCache
+from lsearch.training.seed_run import snapshot
 from lsearch.training.together import SeedGroup, trains_together
 
 MB = 2**20

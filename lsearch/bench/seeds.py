@@ -23,7 +23,8 @@ from lsearch.errors import UserError
 from lsearch.spec import StudySpec
 from lsearch.training.data import ImagePool
 from lsearch.training.devices import describe_device
-from lsearch.training.seed_run import FeatureCache, SeedRun
+from lsearch.training.features import FeatureCache
+from lsearch.training.seed_run import SeedRun
 from lsearch.training.together import SeedGroup, frozen_prefix
 
 ROUNDS = 3

@@ -31,7 +31,8 @@ from lsearch.errors import UserError
 from lsearch.spec import StudySpec
 from lsearch.training.data import ImagePool, Split, split_for_seed
 from lsearch.training.devices import describe_device
-from lsearch.training.seed_run import FeatureCache, SeedRun, start_seed_run
+from lsearch.training.features import FeatureCache
+from lsearch.training.seed_run import SeedRun, start_seed_run
 
 SEARCH_TRIALS = 100
 

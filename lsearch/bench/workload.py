@@ -18,8 +18,9 @@ import torch
 from lsearch.errors import UserError
 from lsearch.spec import StudySpec
 from lsearch.training.data import ImagePool, load_pool, split_for_seed
+from lsearch.training.features import FeatureCache
 from lsearch.training.models import LayeredModel, build_model
-from lsearch.training.seed_run import FeatureCache, SeedRun, seed_everything, start_seed_run
+from lsearch.training.seed_run import SeedRun, seed_everything, start_seed_run
 
 # Shapes of the datasets lsearch knows: channels, side, classes (before data.classes).
 SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10)}

@@ -64,9 +64,9 @@ from lsearch.training import metrics
 from lsearch.training.data import ImagePool, Split, TestSet, split_for_seed
 from lsearch.training.devices import CoreShare, describe_device
 from lsearch.training.evaluation import TEST_METRICS, held_out_metrics
+from lsearch.training.features import FeatureCache
 from lsearch.training.models import build_model
 from lsearch.training.seed_run import (
-    FeatureCache,
     NonFiniteLossError,
     SeedRun,
     seed_everything,
@@ -142,7 +142,7 @@ class SearchObjective:
         self.cores = cores  # re-divided before each trial, as workers come and go
         self.prunes = len(spec.objective.directions) == 1 and spec.pruner.type != "none"
         self._splits: dict[int, Split] = {}
-        self.features = FeatureCache.for_device(device)  # see train.feature_cache_budget
+        self.features = FeatureCache.for_device(device)  # see features.feature_cache_budget
         self._writer: CheckpointWriter | None = None  # the running trial's
         self._group: SeedGroup | None = None  # the running trial's seeds, when together
 

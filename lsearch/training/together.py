@@ -28,7 +28,6 @@ Each seed's own model (`SeedRun.net`) stays the one that evaluates, checkpoints 
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Sequence
 
@@ -38,9 +37,10 @@ from torch import nn
 from lsearch import interrupts
 from lsearch.training.models import LayeredModel, model_stages
 from lsearch.training.seed_run import (
-    NonFiniteLossError,
     SeedRun,
+    batch_starts,
     make_optimizer,
+    mean_loss,
     smoothed_cross_entropy,
 )
 
@@ -294,14 +294,9 @@ class SeedGroup:
         count = first.split.train_labels.shape[0]
         if any(run.split.train_labels.shape[0] != count for run in self.runs):
             raise ValueError("seeds trained together need training subsets of one size")
-        orders = [
-            torch.randperm(count, generator=run.generator, device=run.generator.device).to(
-                run.device
-            )
-            for run in self.runs
-        ]
+        orders = [run.epoch_order() for run in self.runs]
         batch = first.train.batch_size
-        stops = [s for s in range(0, count, batch) if min(batch, count - s) > 1 or s == 0]
+        stops = batch_starts(count, batch)
         self.net.train_mode()
         totals = torch.zeros(self.seeds, device=first.device)
         for start in stops:
@@ -329,12 +324,10 @@ class SeedGroup:
             self.optimizer.step()
             totals += losses.detach() * indices[0].shape[0]
         self._end_epoch()
-        seen = sum(min(batch, count - s) for s in stops)
-        means = [total / seen for total in totals.tolist()]
-        for run, mean in zip(self.runs, means, strict=True):
-            if not math.isfinite(mean):
-                raise NonFiniteLossError(f"training loss became {mean} (seed {run.seed})")
-        return means
+        return [
+            mean_loss(total, count, batch, run.seed)
+            for run, total in zip(self.runs, totals.tolist(), strict=True)
+        ]
 
     def _end_epoch(self) -> None:
         """Each seed's schedule steps as it would alone; the group takes its learning rate."""
