@@ -982,7 +982,7 @@ def test_two_workers_that_claim_one_seed_run_at_once_train_it_once() -> None:
     """Two workers choosing at the same moment with one seed-run free both take it (the
     picking rank cannot part them: 1 % 1 == 0). Each checks after writing its claim: the one
     that sees the other's claim yields (duplicate_of, nothing trained), and a yielded trial
-    does not count as a failed seed-run."""
+    does not count as a failed seed-run. Like every failed trial, it says why."""
     from lsearch.comparison import NothingLeft, SeedRunObjective, failed_keys
 
     plan = Plan(TrialConfig(0.1, 20, 3e-4, 3), 0, ())
@@ -1001,6 +1001,6 @@ def test_two_workers_that_claim_one_seed_run_at_once_train_it_once() -> None:
     with pytest.raises(NothingLeft, match="trial 0 took this seed-run first"):
         objective(own)
     assert own.user_attrs["duplicate_of"] == 0
-    own.set_user_attr("fail_reason", "NothingLeft: taken")  # as the trial loop records it
+    assert "nothing trained" in own.user_attrs["fail_reason"]
     study.tell(own, state=TrialState.FAIL)
     assert failed_keys(study.get_trials(deepcopy=False)) == {}

@@ -162,12 +162,14 @@ class SeedRunObjective:
         choosing take the same one (`rank % len(free)`). Each checks after writing its claim,
         so at least one of two sees the other's: a trial that sees another trial running,
         waiting or complete on its seed-run yields, marked `duplicate_of` (not a failed
-        seed-run: see plan.failed_keys)."""
+        seed-run: see plan.failed_keys) and, like every failed trial, with its fail_reason."""
         for other in trial.study.get_trials(deepcopy=False):
             busy = other.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
             if other.number != trial.number and busy and _started_key(other) == plan.key:
+                reason = f"trial {other.number} took this seed-run first; nothing trained"
                 trial.set_user_attr(DUPLICATE_ATTR, other.number)
-                raise NothingLeft(f"trial {other.number} took this seed-run first; nothing trained")
+                trial.set_user_attr(FAIL_REASON_ATTR, reason)
+                raise NothingLeft(reason)
 
     def __call__(self, trial: optuna.Trial) -> float:
         plan = self._plan(trial)
