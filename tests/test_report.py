@@ -393,13 +393,54 @@ def test_the_answer_of_a_comparison_that_is_not_two_by_two_shows_its_pairs() -> 
     result = summary(two_by_two=False, race=False)
     forest = answer_forest(result)
     assert forest is not None
-    assert list(forest.layout.yaxis.ticktext) == ["ε 0.15 vs ε 0.1 at 10 epochs <b>(undecided)</b>"]
-    assert race_paths(result) is None  # fixed seeds: no race figure
+    # Fixed seeds: nothing was raced, so the label carries no decision, and no race figure.
+    assert list(forest.layout.yaxis.ticktext) == ["ε 0.15 vs ε 0.1 at 10 epochs"]
+    assert race_paths(result) is None
+    raced = answer_forest(summary(two_by_two=False, race=True))
+    assert raced is not None
+    assert list(raced.layout.yaxis.ticktext) == ["ε 0.15 vs ε 0.1 at 10 epochs <b>(undecided)</b>"]
     # Without the sequential part, the forest draws the ordinary intervals alone.
     plain = {**result, "sequential": None}
     plain.pop("race")
     forest = answer_forest(plain)
     assert forest is not None and len(forest.data) == 1
+
+
+def test_a_fixed_seed_forest_label_does_not_contradict_its_verdict() -> None:
+    """On seeds fixed in advance the answer is the t interval and Holm's p; the anytime-valid
+    interval drawn beside it decides nothing. A difference the text calls beyond seed noise
+    (t interval above zero) but whose anytime-valid interval still spans zero must not be
+    labelled "(undecided)" in the forest: nothing was raced, so no decision is shown."""
+    from optuna.trial import TrialState, create_trial
+
+    from lsearch.comparison import Request, summarise
+    from lsearch.outputs.answer import answer_forest, decision_lines
+    from lsearch.search.objective import TrialConfig
+    from lsearch.spec import load_spec
+
+    grid, seeds = {"label_smoothing": [0.0, 0.1]}, [0, 1, 2, 3, 4]
+    request = Request(
+        spec=load_spec("digits", ['train.schedule="constant"']), grid=grid,
+        base=TrialConfig(label_smoothing=0.0, epochs=20, lr=3e-4, trainable_layers=3),
+        seeds=seeds, metrics=["test_acc", "test_ece"], search_study="digits",
+        name="digits compare",
+    )  # fmt: skip
+    gain = [0.010, 0.020, 0.004, 0.015, 0.011]  # ε 0.1 better on every seed, by ~1.2 pp
+    study = optuna.create_study()
+    for epsilon, seed in [(e, s) for e in grid["label_smoothing"] for s in seeds]:
+        results = {"test_acc": 0.9 + (gain[seed] if epsilon else 0.0), "test_ece": 0.05}
+        config = {"label_smoothing": epsilon, "epochs": 20, "lr": 3e-4, "trainable_layers": 3}
+        attrs = {"config": config, "seeds": [seed], "held_out": {"20": results}}
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs=attrs))
+    result = summarise(request, study)
+    assert result["race"] is None
+    (line, _) = decision_lines(result)
+    assert "better beyond seed noise" in line, line
+    (comparison,) = [c for c in result["sequential"]["comparisons"] if c["metric"] == "test_acc"]
+    assert comparison["t_ci"]["low"] > 0 and comparison["ci"]["low"] < 0  # the two disagree
+    forest = answer_forest(result)
+    assert forest is not None
+    assert list(forest.layout.yaxis.ticktext) == ["ε 0.1 vs 0"]
 
 
 # ----------------------------------------------------------------------------- any storage

@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from lsearch.analysis.answer import HEADLINE
 from lsearch.analysis.racing import Race
 from lsearch.comparison.plan import Cell, Found, Key, collect, failed_keys, key_of
 from lsearch.comparison.race import RACE_ATTR
@@ -177,7 +178,7 @@ def _fixed_rule(request: Request) -> Race:
     """A fixed-seed comparison's anytime-valid intervals, on test accuracy and ECE (or its
     first test metric), for the report's figures beside the ordinary ones."""
     tested = [m for m in request.metrics if m.startswith("test_")]
-    headline = tuple(m for m in ("test_acc", "test_ece") if m in request.metrics)
+    headline = tuple(m for m in HEADLINE if m in request.metrics)
     decide_on = headline or tuple(tested[:1])
     return Race(decide_on, None, len(request.seeds))
 

@@ -49,8 +49,11 @@ def forest_rows(result: dict[str, Any], metric: str) -> list[dict[str, Any]]:
     """The rows of the answer's forest for one metric: the 2 × 2 effects where the
     comparison is 2 × 2, else its pairwise comparisons; each with `label`, `mean`, `t_ci`,
     `ci` (anytime-valid, or None: unbounded), `anytime` (whether one was computed) and
-    `decision` (or None)."""
+    `decision` (a race's, else None)."""
     sequential = result.get("sequential") or {}
+    # Only a race decides with the anytime-valid interval; on seeds fixed in advance the
+    # answer is the t interval and Holm's p, which its "undecided" would contradict.
+    raced = bool(result.get("race"))
     effects = (sequential.get("effects") or {}).get(metric)
     factorial = (result.get("factorial") or {}).get(metric)
     rows: list[dict[str, Any]] = []
@@ -66,14 +69,14 @@ def forest_rows(result: dict[str, Any], metric: str) -> list[dict[str, Any]]:
                 "t_ci": part.get("t_ci") if effects else part.get("ci"),
                 "ci": part.get("ci") if effects else None,
                 "anytime": bool(effects),
-                "decision": part.get("decision"),
+                "decision": part.get("decision") if raced else None,
             })  # fmt: skip
         return rows
     chosen = [c for c in sequential.get("comparisons") or [] if c["metric"] == metric]
     if chosen:
         return [
             {"label": c["label"], "mean": c["mean"], "t_ci": c.get("t_ci"), "ci": c.get("ci"),
-             "anytime": True, "decision": c.get("decision")}
+             "anytime": True, "decision": c.get("decision") if raced else None}
             for c in chosen
         ]  # fmt: skip
     cells = result["cells"]
