@@ -14,7 +14,14 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 import lsearch
-from lsearch.analysis.racing import Race, decide, family_size, sequential_block, start_seeds
+from lsearch.analysis.racing import (
+    Race,
+    decide,
+    family_size,
+    margin_in_units,
+    sequential_block,
+    start_seeds,
+)
 from lsearch.analysis.sequential import sequential_interval, sequential_multiplier
 from lsearch.api.comparison import comparison_job
 from lsearch.comparison import Request
@@ -47,6 +54,16 @@ def test_a_decision_stands_when_later_seeds_would_not_decide() -> None:
     longer = decide(list(range(7)), [1.0, 1.1, 0.9, 1.05, -5.0, 6.0, -4.0], ALPHA, G, None, 30)
     assert longer["decided_at"] == decided["decided_at"] == 4
     assert longer["ci"] == decided["ci"]
+
+
+def test_a_margin_is_in_points_for_accuracy_and_ece_and_raw_for_nll_and_brier() -> None:
+    """`--margin 0.5` is 0.5 pp (0.005) of accuracy or ECE, but 0.5 of Brier or NLL."""
+    assert margin_in_units("test_acc", 0.5) == 0.005
+    assert margin_in_units("test_ece", 0.5) == 0.005
+    assert margin_in_units("test_ace", 0.5) == 0.005
+    assert margin_in_units("test_brier", 0.5) == 0.5
+    assert margin_in_units("test_nll", 0.5) == 0.5
+    assert margin_in_units("test_brier", None) is None
 
 
 def test_equivalence_within_a_margin_and_both_at_once() -> None:

@@ -50,7 +50,8 @@ FEWEST_START = 5  # a race never starts below 5 seeds, whatever its interval all
 @dataclass(frozen=True)
 class Race:
     """What a race decides on and how far it may go. `margin` is in the metrics' display
-    units (percentage points for accuracy, ECE and Brier; nats for NLL), None for none."""
+    units (percentage points for accuracy and ECE, adaptive ECE included; the metric's own
+    units for Brier and NLL, nats), None for none: see `margin_in_units`."""
 
     decide_on: tuple[str, ...]
     margin: float | None
@@ -88,7 +89,8 @@ def start_seeds(alpha_split: float, prior_scale: float = PRIOR_SCALE) -> int:
 
 
 def margin_in_units(metric: str, margin: float | None) -> float | None:
-    """A margin typed in display units, in the metric's own units (pp -> fraction)."""
+    """A margin typed in display units, in the metric's own units (pp -> fraction for
+    accuracy and ECE; Brier and NLL are displayed in their own units, so unchanged)."""
     if margin is None:
         return None
     return margin / 100 if in_points(metric) else margin
