@@ -5,9 +5,12 @@ at the family's split α can exclude anything: `lsearch.analysis.racing`). After
 comparison still undecided asks for the next seed that both its cells lack, in the race's
 seed order, until it is decided or its cells have `max_seeds`. The seed-runs wanted are
 recomputed from the study before every trial, by every worker, so a rerun continues where the
-race stopped and several workers share it through the storage. A worker may run ahead of an
-open comparison by one seed while another trains the seed before (seeds in flight are skipped,
-not waited for): at most one seed-run per worker more than a lone worker would train.
+race stopped and several workers share it through the storage. Seeds in flight are skipped,
+not waited for: while one worker trains a seed-run an open comparison needs, another takes the
+comparison's next seed, and the next after that when it finishes first, and so on. Those
+seed-runs are wasted when the one in flight decides the comparison; how many there are
+depends on how many the other workers finish meanwhile, not on their number alone, so the
+only bound is `max_seeds` on every cell (the fixed design).
 """
 
 from __future__ import annotations
