@@ -43,10 +43,16 @@ def test_multiplier_infinite_below_four_seeds(n: int) -> None:
 
 
 def test_multiplier_stays_above_the_fixed_t_quantile_and_the_width_falls() -> None:
-    """q falls to its least near n = 50 (3.42) and then grows like √(ln n); q/√n always falls."""
+    """q falls to its least at n = 50 (3.42), then grows without bound but slowly: for large n
+    q → √(ln((1 + g·n)/α²)) (with r = (α²/a)^(1/n) ≈ 1 − ln(a/α²)/n), so like √(ln n), within
+    0.5 % from n = 1000 on. q/√n always falls."""
     n = np.arange(4, 400)
     q = _multipliers(n, 0.05, 2.0)
-    assert np.all(np.diff(q[n <= 50]) < 0)
+    assert np.all(np.diff(q[n <= 50]) < 0) and np.all(np.diff(q[n >= 50]) > 0)
+    assert round(float(q[n == 50][0]), 2) == 3.42
+    for large in (1_000, 10_000, 100_000):
+        limit = math.sqrt(math.log((1 + 2.0 * large) / 0.05**2))
+        assert sequential_multiplier(large) == pytest.approx(limit, rel=5e-3)
     assert np.all(np.diff(q / np.sqrt(n)) < 0)
     assert np.all(q > st.t.ppf(0.975, n - 1))
     assert [sequential_multiplier(int(k)) for k in n[:5]] == pytest.approx(list(q[:5]), rel=0)
