@@ -14,7 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 from lsearch.errors import UserError
-from lsearch.search import objective as objective_module
+from lsearch.search import trial_training as trial_training_module
 from lsearch.search.loop import run_until
 from lsearch.search.objective import SearchObjective, TrialConfig
 from lsearch.search.study import build_pruner, build_sampler
@@ -79,7 +79,7 @@ def test_the_search_never_reads_or_evaluates_the_test_set(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(data_module, "load_test_set", forbidden)
     monkeypatch.setattr(evaluation, "held_out_metrics", forbidden)
-    monkeypatch.setattr(objective_module, "held_out_metrics", forbidden)
+    monkeypatch.setattr(trial_training_module, "held_out_metrics", forbidden)
     spec = tiny_spec(space={"label_smoothing": [0.0, 0.1, 0.2], "epochs": 2})
     pool = load_pool(spec.data, CPU)
     study = optuna.create_study(direction="maximize", sampler=build_sampler(spec))

@@ -20,8 +20,8 @@ from sqlalchemy.exc import OperationalError
 
 from lsearch import interrupts
 from lsearch.search.liveness import HEARTBEAT_ATTR, StaleTrialSweeper
-from lsearch.search.loop import run_one
 from lsearch.search.study import DuplicateConfiguration, check_new, open_study
+from lsearch.search.trial_group import run_one
 from lsearch.spec import StudySpec
 from lsearch.store import resilient as resilient_module
 from lsearch.store import storage as storage_module
@@ -285,14 +285,14 @@ def test_a_trial_failed_as_stale_meanwhile_is_dropped_quietly() -> None:
         trial.report(0.5, step=1)  # raises UpdateFinishedTrialError
         return 0.5
 
-    assert run_one(study, slow_objective, [lambda s, t: called.append(t.number)], ()) is None
+    assert run_one(study, slow_objective, [lambda s, t: called.append(t.number)], ()) == []
     assert called == []
 
     def finishes_anyway(trial: optuna.Trial) -> float:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         return 0.5
 
-    assert run_one(study, finishes_anyway, [], ()) is None
+    assert run_one(study, finishes_anyway, [], ()) == []
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
 
 

@@ -21,8 +21,10 @@ from optuna.trial import TrialState
 from lsearch import interrupts
 from lsearch.comparison import Plan, SeedRunObjective, failed_keys, run_plans
 from lsearch.errors import UserError
-from lsearch.search.loop import MAX_REASON_CHARS, StopOnRepeatedFailure, failure_reason, run_one
+from lsearch.search.loop import StopOnRepeatedFailure
 from lsearch.search.objective import TrialConfig
+from lsearch.search.trial_group import MAX_REASON_CHARS, failure_reason, run_one
+from lsearch.spec import StudySpec
 from lsearch.store.catalog import OUT_OF_MEMORY_ATTR
 from tests.conftest import TINY, run_lsearch
 
@@ -230,23 +232,23 @@ def test_run_one_fails_a_poison_trial_and_frees_memory_after_out_of_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     released: list[int] = []
-    monkeypatch.setattr("lsearch.search.loop.release_memory", lambda: released.append(1))
+    monkeypatch.setattr("lsearch.search.trial_group.release_memory", lambda: released.append(1))
     study = optuna.create_study()
     seen: list[int] = []
     callbacks = [lambda s, t: seen.append(t.number)]
-    frozen = run_one(study, raising(ValueError("bad")), callbacks, ())
-    assert frozen is not None and frozen.state == TrialState.FAIL
+    (frozen,) = run_one(study, raising(ValueError("bad")), callbacks, ())
+    assert frozen.state == TrialState.FAIL
     assert frozen.user_attrs["fail_reason"] == "ValueError: bad" and not released
-    frozen = run_one(study, raising(torch.OutOfMemoryError(OOM_MESSAGE)), callbacks, ())
-    assert frozen is not None and frozen.state == TrialState.FAIL
+    (frozen,) = run_one(study, raising(torch.OutOfMemoryError(OOM_MESSAGE)), callbacks, ())
+    assert frozen.state == TrialState.FAIL
     assert frozen.user_attrs[OUT_OF_MEMORY_ATTR] is True and released == [1]
     assert seen == [0, 1], "the callbacks see a poison trial like any failed one"
 
 
 def test_run_one_keeps_a_reason_the_objective_recorded() -> None:
     study = optuna.create_study()
-    frozen = run_one(study, raising(RuntimeError("late"), reason="its own reason"), [], ())
-    assert frozen is not None and frozen.user_attrs["fail_reason"] == "its own reason"
+    (frozen,) = run_one(study, raising(RuntimeError("late"), reason="its own reason"), [], ())
+    assert frozen.user_attrs["fail_reason"] == "its own reason"
 
 
 @pytest.mark.parametrize(
@@ -273,6 +275,7 @@ class FakeTraining:
     """SearchObjective.train as SeedRunObjective calls it, failing as `script` says per seed."""
 
     device = torch.device("cpu")
+    spec = StudySpec.model_validate({"name": "fake"})  # seeds_together auto: alone on the CPU
 
     def __init__(self, script: dict[int, list[BaseException | None]]) -> None:
         self.script = script

@@ -259,9 +259,17 @@ class CheckpointWriter:
     stale by another worker, ...) are raised in the training thread as before."""
 
     def __init__(
-        self, checkpoints: Checkpoints, trial: optuna.Trial, every_s: float, written_epoch: int
+        self,
+        checkpoints: Checkpoints,
+        trial: optuna.Trial,
+        every_s: float,
+        written_epoch: int,
+        write_lock: threading.Lock | None = None,
     ) -> None:
         self.checkpoints = checkpoints
+        # Shared by the writers of seed-runs trained together: one write at a time, so a
+        # group holds no more storage connections than one trial does.
+        self.write_lock = write_lock or threading.Lock()
         self.trial = trial
         self.every_s = every_s
         self.written_epoch = written_epoch  # the newest epoch in the store
@@ -314,7 +322,8 @@ class CheckpointWriter:
             self._error, self._error_epoch = exc, epoch
 
     def _write(self, epoch: int, state: dict[str, Any]) -> None:
-        self.checkpoints.save(self.trial, epoch, to_host(state))
+        with self.write_lock:
+            self.checkpoints.save(self.trial, epoch, to_host(state))
         self.written_epoch = epoch
 
     def _remove_partial(self) -> None:

@@ -109,10 +109,44 @@ class StaleTrialSweeper:
         return True
 
 
+class Beats:
+    """The trials one heartbeat thread beats for: a step of the trial loop starts with one
+    and may add more (seed-runs trained together) and drop each as it finishes."""
+
+    def __init__(self, heartbeat: Heartbeat, study: optuna.Study) -> None:
+        self.heartbeat = heartbeat
+        self.study = study
+        self.trial_ids: list[int] = []
+        self._lock = threading.Lock()
+
+    def add(self, trial_id: int) -> None:
+        """Beat for `trial_id` too, from now on (its first beat is written here)."""
+        sweeper = self.heartbeat.sweeper
+        if sweeper is not None:
+            sweeper.own.add(trial_id)
+        self.heartbeat._beat(self.study, trial_id, 0)
+        with self._lock:
+            self.trial_ids.append(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        """Stop beating for `trial_id` (it finished)."""
+        with self._lock:
+            if trial_id in self.trial_ids:
+                self.trial_ids.remove(trial_id)
+        sweeper = self.heartbeat.sweeper
+        if sweeper is not None:
+            sweeper.own.discard(trial_id)
+
+    def current(self) -> list[int]:
+        with self._lock:
+            return list(self.trial_ids)
+
+
 class Heartbeat:
-    """Beats for the trial being run by this process, from a daemon thread, and sweeps the
-    study for stale trials on every beat (so that a dead worker's trial is recovered while
-    this one trains, not only between trials)."""
+    """Beats for the trials being run by this process, from one daemon thread (one storage
+    connection however many trials train together), and sweeps the study for stale trials
+    on every beat (so that a dead worker's trial is recovered while this one trains, not
+    only between trials)."""
 
     def __init__(
         self,
@@ -126,36 +160,41 @@ class Heartbeat:
         self.identity = {"host": socket.gethostname(), "pid": os.getpid()}
 
     @contextmanager
-    def beating(self, study: optuna.Study, trial_id: int) -> Iterator[None]:
+    def beating(self, study: optuna.Study, trial_id: int) -> Iterator[Beats]:
+        """Beat for `trial_id`, and for those added to the Beats this yields, until the
+        block ends."""
+        beats = Beats(self, study)
+        beats.add(trial_id)
         stop = threading.Event()
-        if self.sweeper is not None:
-            self.sweeper.own.add(trial_id)
-        self._beat(study, trial_id, 0)
         thread = threading.Thread(
-            target=self._run, args=(study, trial_id, stop), name="lsearch-heartbeat", daemon=True
+            target=self._run, args=(beats, stop), name="lsearch-heartbeat", daemon=True
         )
         thread.start()
         try:
-            yield
+            yield beats
         finally:
             stop.set()
             # The thread may be inside a storage retry (an outage): do not wait for it.
             thread.join(timeout=1.0)
-            if self.sweeper is not None:
-                self.sweeper.own.discard(trial_id)
+            for own in beats.current():
+                beats.discard(own)
 
-    def _run(self, study: optuna.Study, trial_id: int, stop: threading.Event) -> None:
+    def _run(self, beats: Beats, stop: threading.Event) -> None:
         count = 0
         while not stop.wait(self.interval):
             count += 1
-            try:
-                self._beat(study, trial_id, count)
-                if self.sweeper is not None:
-                    self.sweeper.sweep(study)
-            except UpdateFinishedTrialError:
-                return  # the trial finished (or was failed by another worker): stop beating
-            except Exception as exc:  # a storage outage past the reconnect window
-                log.warning("heartbeat of trial id %d not written: %s", trial_id, exc)
+            for trial_id in beats.current():
+                try:
+                    self._beat(beats.study, trial_id, count)
+                except UpdateFinishedTrialError:
+                    beats.discard(trial_id)  # finished, or failed by another worker
+                except Exception as exc:  # a storage outage past the reconnect window
+                    log.warning("heartbeat of trial id %d not written: %s", trial_id, exc)
+            if self.sweeper is not None:
+                try:
+                    self.sweeper.sweep(beats.study)
+                except Exception as exc:
+                    log.warning("stale-trial sweep not done: %s", exc)
 
     def _beat(self, study: optuna.Study, trial_id: int, count: int) -> None:
         self.storage.set_trial_system_attr(

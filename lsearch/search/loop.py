@@ -5,34 +5,26 @@ seed-run left to train); a fault inside one trial fails that trial only.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
 import optuna
-import torch
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch import interrupts
-from lsearch.errors import UserError, one_line, shorten
+from lsearch.errors import UserError
 from lsearch.search.liveness import Heartbeat, StaleCallback, StaleTrialSweeper
 from lsearch.search.study import DuplicateConfiguration
-from lsearch.store.catalog import DUPLICATE_ATTR, FAIL_REASON_ATTR, FINISHED, OUT_OF_MEMORY_ATTR
-from lsearch.store.resilient import is_transient
+from lsearch.search.trial_group import TrialCallback, run_one
+from lsearch.store.catalog import DUPLICATE_ATTR, FAIL_REASON_ATTR, FINISHED
 from lsearch.training.seed_run import NonFiniteLossError
 
 log = logging.getLogger("lsearch.search.loop")
-
-TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 MAX_CONSECUTIVE_FAILURES = 10
 
@@ -66,59 +58,6 @@ class StopOnRepeatedFailure:
         )
 
 
-MAX_REASON_CHARS = 300
-_ASKED_FOR = re.compile(r"Tried to allocate ([0-9.]+ ?(?:[KMGTP]i?B|bytes|B))", re.IGNORECASE)
-
-
-def _gib(n_bytes: int) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB"
-
-
-def _device_memory(device: object) -> str:
-    """What the device had, as far as can be told: total and free for a CUDA device."""
-    try:
-        dev = torch.device(device) if device is not None else None  # type: ignore[arg-type]
-    except (RuntimeError, TypeError, ValueError):
-        dev = None
-    if dev is None:
-        return "the device and its memory are unknown"
-    if dev.type == "cuda":
-        try:
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                free, total = torch.cuda.mem_get_info(dev)
-                return f"{dev} has {_gib(total)}, {_gib(free)} of it free after the failure"
-        except Exception:  # (a broken driver must not hide the trial's own failure)
-            pass
-    return f"the memory of {dev} is unknown"
-
-
-def failure_reason(exc: BaseException, device: object = None) -> str:
-    """The `fail_reason` of a trial that raised `exc`: one line, at most MAX_REASON_CHARS.
-    Out of memory names the memory the trial asked for and what the device had."""
-    name = type(exc).__name__
-    if isinstance(exc, torch.OutOfMemoryError):
-        asked = _ASKED_FOR.search(str(exc))
-        amount = f"asked for {asked.group(1)}" if asked else "asked for an unknown amount"
-        reason = f"{name}: out of memory: the trial {amount}; {_device_memory(device)}"
-        return shorten(reason, MAX_REASON_CHARS)
-    return one_line(exc, MAX_REASON_CHARS)
-
-
-def release_memory() -> None:
-    """Free what a failed trial left on its device, before the next trial starts."""
-    gc.collect()
-    with contextlib.suppress(Exception):
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
-
-
-def stops_the_worker(exc: BaseException) -> bool:
-    """An exception a trial raises that ends the worker rather than fail the trial: a user
-    error (exit 2), or a storage outage longer than the storage's reconnect window (the
-    failure could not be recorded anyway). Interrupts are handed back before this."""
-    return isinstance(exc, UserError) or is_transient(exc)
-
-
 @dataclass
 class Liveness:
     """This process's heartbeat and its sweep for other workers' stale trials."""
@@ -138,115 +77,6 @@ def liveness_for(
         return None
     sweeper = StaleTrialSweeper(storage, grace_period, on_stale)
     return Liveness(Heartbeat(storage, heartbeat_interval, sweeper), sweeper)
-
-
-def run_one(
-    study: optuna.Study,
-    objective: Callable[[optuna.Trial], float | Sequence[float]],
-    callbacks: Sequence[TrialCallback],
-    catch: tuple[type[Exception], ...],
-    liveness: Liveness | None = None,
-) -> FrozenTrial | None:
-    """Ask for a trial (a WAITING retry first), run it with a heartbeat, tell its end and
-    call the callbacks: Optuna's `optimize` step, with what lsearch needs in place of its
-    defaults.
-
-    - A trial stopped by Ctrl-C, SIGTERM or --timeout (`interrupts.Interrupted`), or by a
-      second Ctrl-C (KeyboardInterrupt), is handed back as a WAITING retry that resumes from
-      its checkpoint at once (Optuna would mark it FAIL, never to be resumed), then the
-      exception goes on.
-    - A trial another worker failed as stale while this one was slow (a pause, an outage)
-      is dropped quietly: its retry resumes it. Returns None then.
-    - An exception in `catch` fails the trial and the loop goes on.
-    - A user error, or a storage outage past the storage's reconnect window, fails the
-      trial (as far as it can be told) and is raised: the worker stops.
-    - Any other exception (a poison trial: out of device memory, a bug that one
-      configuration hits) fails the trial with its `fail_reason` (unless the objective
-      recorded one), and the loop goes on. Out of memory also marks the trial
-      `out_of_memory` and frees the device's cached memory. Such a trial is told FAIL, not
-      left stale, so the heartbeat's retry does not re-queue it.
-    """
-    trial = study.ask()
-    state, values, error = TrialState.COMPLETE, None, None
-    out_of_memory = False
-    beats = liveness.heartbeat.beating(study, trial._trial_id) if liveness else nullcontext()
-    try:
-        with beats:
-            try:
-                result = objective(trial)
-                values = list(result) if isinstance(result, Sequence) else [result]
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            except catch as exc:
-                state, error = TrialState.FAIL, exc
-            except (interrupts.Interrupted, KeyboardInterrupt) as exc:
-                handed_back = _hand_back(study, trial)
-                if isinstance(exc, interrupts.Interrupted):
-                    exc.trial_number, exc.handed_back_as = trial.number, handed_back
-                raise
-            except UpdateFinishedTrialError:
-                return _taken_over(trial)
-            except Exception as exc:
-                if stops_the_worker(exc):
-                    with contextlib.suppress(Exception):
-                        study.tell(trial, state=TrialState.FAIL)
-                    raise
-                # Only the reason is kept: the exception's traceback holds the trial's tensors.
-                out_of_memory = isinstance(exc, torch.OutOfMemoryError)
-                state, error = TrialState.FAIL, _record_failure(trial, exc, objective)
-    except UpdateFinishedTrialError:
-        return _taken_over(trial)
-    if out_of_memory:
-        release_memory()
-    try:
-        frozen = study.tell(trial, values, state, skip_if_finished=True)
-    except UpdateFinishedTrialError:
-        return _taken_over(trial)
-    if frozen.state != state:  # finished by someone else first: failed as stale
-        return _taken_over(trial)
-    if error is not None:
-        log.warning("trial %d failed: %s", trial.number, error)
-    for callback in callbacks:
-        callback(study, frozen)
-    return frozen
-
-
-def _record_failure(trial: optuna.Trial, exc: Exception, objective: object) -> str:
-    """Record why `trial` failed (keeping a reason the objective recorded); the reason."""
-    recorded = trial.user_attrs.get(FAIL_REASON_ATTR)
-    if isinstance(exc, torch.OutOfMemoryError):
-        trial.set_user_attr(OUT_OF_MEMORY_ATTR, True)
-    if recorded:
-        return str(recorded)
-    reason = failure_reason(exc, getattr(objective, "device", None))
-    trial.set_user_attr(FAIL_REASON_ATTR, reason)
-    return reason
-
-
-def _taken_over(trial: optuna.Trial) -> None:
-    log.warning(
-        "trial %d was failed as stale by another worker while this one ran it; "
-        "its retry resumes it from its checkpoint",
-        trial.number,
-    )
-    return None
-
-
-def _hand_back(study: optuna.Study, trial: optuna.Trial) -> int | None:
-    """Hand an interrupted trial back; None when it had finished, or when the storage was
-    unreachable for the short deadline a stopping worker has (the heartbeat path recovers it
-    then, after the grace period)."""
-    try:
-        return interrupts.hand_back(study, trial._trial_id)
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        log.warning(
-            "trial %d could not be handed back (storage unreachable); it is recovered as "
-            "stale after the grace period",
-            trial.number,
-        )
-        return None
 
 
 class Step(Enum):
@@ -354,8 +184,8 @@ def run_trials(
                 on_wait(study)
             time.sleep(poll_seconds)  # the last trials run elsewhere: see how they end
             continue
-        frozen = run_one(study, objective, callbacks, schedule.catch, liveness)
-        if frozen is not None and schedule.done_after(study, frozen):
+        told = run_one(study, objective, callbacks, schedule.catch, liveness)
+        if any([schedule.done_after(study, frozen) for frozen in told]):
             return
 
 
