@@ -169,12 +169,18 @@ def test_markdown_and_dry_run(tmp_path: Path) -> None:
     assert "0 seed-runs to train" in dry.stdout and "s per seed-epoch" in dry.stdout
 
 
-def test_two_workers_share_a_grid(tmp_path: Path) -> None:
-    report, _ = compare(tmp_path, "--seeds", "0-3", "--workers", "2")
+@pytest.mark.parametrize("together", [False, True])
+def test_two_workers_share_a_grid(tmp_path: Path, together: bool) -> None:
+    """Two workers train every seed-run once; with seeds together, each claims up to three
+    of a cell's four seed-runs at a time (the digits study's seeds) and trains them as one."""
+    setting = ["--set", f"train.seeds_together={str(together).lower()}"]
+    report, _ = compare(tmp_path, "--seeds", "0-3", "--workers", "2", *setting)
     study = comparison(tmp_path, report["study"])
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     keys = [(t.params["label_smoothing"], t.params["seed"]) for t in complete]
-    assert set(keys) == set(itertools.product([0.0, 0.2], range(4)))
+    assert sorted(keys) == sorted(itertools.product([0.0, 0.2], range(4)))
+    grouped = [t for t in complete if t.user_attrs["seeds_together"]]
+    assert bool(grouped) is together
     for trial in study.get_trials(states=(TrialState.FAIL,)):
         assert "nothing trained" in trial.user_attrs["fail_reason"]
     assert all(len(cell["seeds"]) == 4 for cell in report["cells"])

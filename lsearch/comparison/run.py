@@ -17,13 +17,15 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from lsearch.comparison.plan import Key, Plan, failed_keys, key_of, pending_plans
+from lsearch.comparison.group import train_claimed
+from lsearch.comparison.plan import Key, Plan, failed_keys, key_of, pending_plans, trial_key
 from lsearch.comparison.race import race_plans
 from lsearch.comparison.request import Request
 from lsearch.errors import UserError
 from lsearch.search.loop import Liveness, Step, run_trials
 from lsearch.search.objective import SearchObjective, TrialConfig
 from lsearch.search.study import produced_by
+from lsearch.search.trial_group import TrialGroup
 from lsearch.search.workers import picking_rank
 from lsearch.spec import StudySpec
 from lsearch.store.catalog import (
@@ -32,6 +34,7 @@ from lsearch.store.catalog import (
     FAIL_REASON_ATTR,
     FINGERPRINT_ATTR,
     KIND_ATTR,
+    OUT_OF_MEMORY_ATTR,
     PRODUCED_BY_ATTR,
     SEARCH_STUDY_ATTR,
     SPEC_ATTR,
@@ -42,6 +45,7 @@ from lsearch.store.catalog import (
 from lsearch.training.data import ImagePool, TestSet
 from lsearch.training.devices import CoreShare
 from lsearch.training.seed_run import NonFiniteLossError
+from lsearch.training.together import together_on
 
 
 def open_comparison(
@@ -125,17 +129,22 @@ class SeedRunObjective:
         """The device the seed-runs train on (named in an out-of-memory fail_reason)."""
         return self.objective.device
 
-    def next_plan(self, study: optuna.Study, own_number: int) -> Plan:
-        """A seed-run of the plan that is not complete, failed for a reason, or started by
-        another trial; NothingLeft when every one is."""
-        trials = study.get_trials(deepcopy=False)
+    def free_plans(self, trials: Sequence[FrozenTrial], own_number: int | None) -> list[Plan]:
+        """The plan's seed-runs not complete, failed for a reason, or started by a trial
+        other than `own_number`."""
         taken = set(failed_keys(trials))  # failed for a reason: not trained again
         for trial in trials:
             busy = trial.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
             key = _started_key(trial)
             if trial.number != own_number and busy and key is not None:
                 taken.add(key)
-        free = [plan for plan in self.planner(trials) if plan.key not in taken]
+        return [plan for plan in self.planner(trials) if plan.key not in taken]
+
+    def next_plan(self, study: optuna.Study, own_number: int) -> Plan:
+        """A seed-run of the plan that is not complete, failed for a reason, or started by
+        another trial; NothingLeft when every one is."""
+        trials = study.get_trials(deepcopy=False)
+        free = self.free_plans(trials, own_number)
         if not free:
             raise NothingLeft("another worker started the last seed-run first; nothing trained")
         # Workers choosing at the same moment take different places in the list.
@@ -171,8 +180,10 @@ class SeedRunObjective:
                 trial.set_user_attr(FAIL_REASON_ATTR, reason)
                 raise NothingLeft(reason)
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        plan = self._plan(trial)
+    def _claim(self, trial: optuna.Trial, plan: Plan | None = None) -> Plan:
+        """Write `trial`'s claim on `plan` (or on the seed-run it chooses, or that it
+        retries) as its params, then check that no other trial claimed it first."""
+        plan = plan or self._plan(trial)
         c = plan.config
         # Single-value distributions: the trial takes exactly these values, and the
         # dashboard shows them as params (ranges wide enough for any comparison).
@@ -183,10 +194,61 @@ class SeedRunObjective:
         trial.suggest_int("seed", plan.seed, plan.seed)
         trial.set_user_attr(TEST_AT_ATTR, list(plan.test_at))
         self._yield_to_another_claim(trial, plan)
+        return plan
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Train one seed-run alone: the one this trial retries, or a free one it claims."""
+        plan = self._claim(trial)
+        return self._train_alone(trial, plan)
+
+    def _train_alone(self, trial: optuna.Trial, plan: Plan) -> float:
         attrs = self.objective.train(
-            trial, c, [plan.seed], prunes=False, test_set=self.test_set, test_at=plan.test_at
-        )
+            trial, plan.config, [plan.seed], prunes=False, test_set=self.test_set,
+            test_at=plan.test_at,
+        )  # fmt: skip
         return float(attrs["test_acc"])
+
+    def group_size(self) -> int:
+        """How many seed-runs of one cell a worker claims and trains together: as many as
+        a search trial of the study trains (`seeds`, whose memory `lsearch bench --memory`
+        measures), where `train.seeds_together` groups seeds on this device; else 1."""
+        spec = self.objective.spec
+        return len(spec.seeds) if together_on(spec.train.seeds_together, self.device) else 1
+
+    def train_group(self, group: TrialGroup) -> None:
+        """The trial loop's step (search.trial_group.run_one): claim a seed-run for the
+        group's first trial, then, unless it is a retry (which resumes alone from its
+        checkpoint), more free seed-runs of the same cell for fresh trials, up to
+        `group_size`; train them together, each trial told as its seed-run ends."""
+        first = group.trials[0]
+        retry = bool(first.params)
+        plan = self._claim(first)
+        claims = [(first, plan)]
+        if not retry:
+            claims += self._claim_more(group, plan)
+        if len(claims) == 1:
+            group.finish(first, self._train_alone(first, plan))
+            return
+        train_claimed(self.objective, claims, self.test_set, group)
+
+    def _claim_more(self, group: TrialGroup, first: Plan) -> list[tuple[optuna.Trial, Plan]]:
+        claims: list[tuple[optuna.Trial, Plan]] = []
+        size = self.group_size()
+        while 1 + len(claims) < size:
+            trials = group.study.get_trials(deepcopy=False)
+            ran_out = (t for t in trials if t.user_attrs.get(OUT_OF_MEMORY_ATTR))
+            if any(trial_key(t) == first.key for t in ran_out):
+                break  # a seed-run that ran out of memory once tries again alone
+            free = [p for p in self.free_plans(trials, None) if p.config == first.config]
+            if not free:
+                break
+            trial = group.add()
+            try:
+                claims.append((trial, self._claim(trial, free[0])))
+            except NothingLeft as exc:  # another worker claimed it at the same moment
+                group.finish(trial, exc)
+                break
+        return claims
 
 
 class SeedRunsLeft:

@@ -37,6 +37,7 @@ from torch import nn
 from lsearch import interrupts
 from lsearch.training.models import LayeredModel, model_stages
 from lsearch.training.seed_run import (
+    NonFiniteLossError,
     SeedRun,
     batch_starts,
     make_optimizer,
@@ -56,6 +57,15 @@ def trains_together(setting: str | bool, device: torch.device, runs: Sequence[Se
     """
     if len(runs) < 2 or any(run.scaler is not None for run in runs):
         return False
+    return together_on(setting, device)
+
+
+def together_on(setting: str | bool, device: torch.device) -> bool:
+    """Whether `train.seeds_together` groups seeds on `device` (see trains_together).
+
+    >>> together_on("auto", torch.device("cuda")), together_on(True, torch.device("cpu"))
+    (True, True)
+    """
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
@@ -290,6 +300,16 @@ class SeedGroup:
         """One epoch of every seed at once (what `SeedRun.train_epoch` does for one): each
         seed's mean training loss. NonFiniteLossError names the first seed whose loss is not
         finite."""
+        losses = self.train_epoch_each()
+        for loss in losses:
+            if isinstance(loss, NonFiniteLossError):
+                raise loss
+        return [float(loss) for loss in losses]
+
+    def train_epoch_each(self) -> list[float | NonFiniteLossError]:
+        """One epoch of every seed at once: each seed's mean training loss, or the
+        NonFiniteLossError of a seed whose loss is not finite (the others' numbers do not
+        depend on it: no tensor of the group mixes seeds)."""
         first = self.runs[0]
         count = first.split.train_labels.shape[0]
         if any(run.split.train_labels.shape[0] != count for run in self.runs):
@@ -324,10 +344,13 @@ class SeedGroup:
             self.optimizer.step()
             totals += losses.detach() * indices[0].shape[0]
         self._end_epoch()
-        return [
-            mean_loss(total, count, batch, run.seed)
-            for run, total in zip(self.runs, totals.tolist(), strict=True)
-        ]
+        losses: list[float | NonFiniteLossError] = []
+        for run, total in zip(self.runs, totals.tolist(), strict=True):
+            try:
+                losses.append(mean_loss(total, count, batch, run.seed))
+            except NonFiniteLossError as exc:
+                losses.append(exc)
+        return losses
 
     def _end_epoch(self) -> None:
         """Each seed's schedule steps as it would alone; the group takes its learning rate."""

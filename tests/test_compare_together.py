@@ -1,0 +1,187 @@
+"""A comparison's seed-runs of one cell claimed and trained together (comparison.group): the
+same numbers as each alone, one heartbeat thread, one checkpoint write at a time, each
+seed-run stopping on its own, faults failing only their seed-run, and hand-backs that
+resume per seed."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from lsearch import interrupts
+from lsearch.comparison import Plan, SeedRunObjective, run_plans
+from lsearch.search.checkpoints import Checkpoints, open_artifact_store
+from lsearch.search.loop import liveness_for
+from lsearch.search.objective import SearchObjective, TrialConfig
+from lsearch.spec import StudySpec
+from lsearch.training import together as together_module
+from lsearch.training.data import load_pool, load_test_set
+
+CPU = torch.device("cpu")
+CONFIGS = (TrialConfig(0.0, 6, 3e-3, 3), TrialConfig(0.2, 6, 3e-3, 3))
+SEEDS = (0, 1, 2)
+SPEC = {
+    "name": "group",
+    "seeds": [0, 1, 2],  # a search trial's seeds: how many seed-runs a worker groups
+    "data": {"dataset": "digits", "train_per_class": 8, "val_per_class": 6,
+             "test_per_class": 10},
+    "model": {"name": "small_cnn", "width": 8},
+    "train": {"batch_size": 32, "optimizer": "adam", "schedule": "constant", "patience": 1},
+    "checkpoint": {"every_s": 0},
+}  # fmt: skip
+
+
+def _compare(
+    tmp_path: Path,
+    together: bool,
+    study: optuna.Study | None = None,
+    on_epoch: Any = None,
+    heartbeat: bool = False,
+) -> optuna.Study:
+    """Every seed of CONFIGS as a comparison's seed-runs, in the one trial loop."""
+    train = {**SPEC["train"], "seeds_together": together}
+    spec = StudySpec.model_validate({**SPEC, "train": train})
+    folder = tmp_path / ("together" if together else "alone")
+    folder.mkdir(exist_ok=True)
+    objective = SearchObjective(
+        spec, load_pool(spec.data, CPU), CPU, on_epoch=on_epoch,
+        checkpoints=Checkpoints(open_artifact_store(str(folder))),
+    )  # fmt: skip
+    study = study or optuna.create_study(direction="maximize")
+    liveness = liveness_for(study._storage, 0.05, 60.0, lambda s, t: None) if heartbeat else None
+    plans = [Plan(config, seed, (2,)) for config in CONFIGS for seed in SEEDS]
+    run_plans(study, SeedRunObjective(objective, load_test_set(spec.data, CPU), plans), liveness)
+    return study
+
+
+def _by_key(study: optuna.Study, state: TrialState = TrialState.COMPLETE) -> dict:
+    trials = study.get_trials(states=(state,))
+    return {(t.params["label_smoothing"], t.params["seed"]): t for t in trials}
+
+
+def _same_results(mine: FrozenTrial, theirs: FrozenTrial) -> None:
+    assert mine.user_attrs["epochs_run"] == theirs.user_attrs["epochs_run"]
+    assert mine.user_attrs["chosen_epoch"] == theirs.user_attrs["chosen_epoch"]
+    assert mine.user_attrs["curve_val_acc"] == theirs.user_attrs["curve_val_acc"]
+    for name in ("curve_train_loss", "curve_val_loss", "test_acc", "test_ece", "test_nll"):
+        torch.testing.assert_close(
+            mine.user_attrs[name], theirs.user_attrs[name], rtol=1e-4, atol=1e-5
+        )
+    assert mine.user_attrs["held_out"].keys() == theirs.user_attrs["held_out"].keys()
+
+
+def test_a_cells_seed_runs_train_together_as_each_alone_under_one_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two cells of three seeds: two groups of three trials, each seed-run stopping on its
+    own patience (the others train on), with the numbers of each seed-run alone; while a
+    group trains, its three trials run under one heartbeat thread and their checkpoints are
+    written one at a time."""
+    writing, most_at_once = [0], [0]
+    real_save = Checkpoints.save
+
+    def save(self: Checkpoints, trial: Any, epoch: int, state: dict[str, Any]) -> None:
+        writing[0] += 1
+        most_at_once[0] = max(most_at_once[0], writing[0])
+        try:
+            real_save(self, trial, epoch, state)
+        finally:
+            writing[0] -= 1
+
+    monkeypatch.setattr(Checkpoints, "save", save)
+    seen: list[tuple[int, int, int]] = []  # (trial, running trials, heartbeat threads)
+    study = optuna.create_study(direction="maximize")
+
+    def on_epoch(number: int, epoch: int, epochs: int, value: float) -> None:
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        beating = [t for t in threading.enumerate() if t.name == "lsearch-heartbeat"]
+        seen.append((number, running, len(beating)))
+
+    _compare(tmp_path, together=True, study=study, on_epoch=on_epoch, heartbeat=True)
+    alone = _by_key(_compare(tmp_path, together=False))
+    together = _by_key(study)
+    assert len(study.trials) == 6 and together.keys() == alone.keys()
+    for key, trial in together.items():
+        assert trial.user_attrs["seeds_together"] is True
+        assert alone[key].user_attrs["seeds_together"] is False
+        _same_results(trial, alone[key])
+    epochs_run = {trial.user_attrs["epochs_run"] for trial in together.values()}
+    assert len(epochs_run) > 1, "seed-runs stop on their own patience, at different epochs"
+    assert max(running for _, running, _ in seen) == 3
+    assert {beating for _, _, beating in seen} == {1}
+    assert most_at_once == [1]
+    for trial in study.trials:
+        assert trial.system_attrs["lsearch_heartbeat"]["beat"] >= 0
+
+
+def test_a_seed_run_whose_loss_is_not_finite_fails_alone_and_the_others_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = together_module.mean_loss
+
+    def mean_loss(total: float, count: int, batch: int, seed: int) -> float:
+        return real(float("nan") if seed == 1 else total, count, batch, seed)
+
+    monkeypatch.setattr(together_module, "mean_loss", mean_loss)
+    study = _compare(tmp_path, together=True)
+    failed = _by_key(study, TrialState.FAIL)
+    assert set(failed) == {(0.0, 1), (0.2, 1)}
+    for trial in failed.values():
+        assert trial.user_attrs["fail_reason"] == "training loss became nan (seed 1) at epoch 1"
+    monkeypatch.undo()
+    alone = _by_key(_compare(tmp_path, together=False))
+    complete = _by_key(study)
+    assert set(complete) == {(e, s) for e in (0.0, 0.2) for s in (0, 2)}
+    for key, trial in complete.items():
+        _same_results(trial, alone[key])
+
+
+def test_an_interrupted_group_is_handed_back_and_each_seed_run_resumes_alone(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM in a group's second epoch: its three trials are handed back as WAITING
+    retries with their first epoch's checkpoint; the rerun resumes each alone (a retry
+    resumes its own epoch), and every seed-run ends as the uninterrupted one does."""
+
+    def stop_in_epoch_2(number: int, epoch: int, epochs: int, value: float) -> None:
+        if epoch == 1:
+            interrupts.request("SIGTERM")  # seen at the next batch: every epoch 1 is saved
+
+    study = optuna.create_study(direction="maximize")
+    try:
+        with pytest.raises(interrupts.Interrupted) as stopped:
+            _compare(tmp_path, together=True, study=study, on_epoch=stop_in_epoch_2)
+    finally:
+        interrupts.reset()
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 3 and stopped.value.handed_back_as == waiting[0].number
+    _compare(tmp_path, together=True, study=study)
+    resumed = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.number >= 3]
+    assert [t.number for t in resumed[:3]] == [t.number for t in waiting]
+    for trial in resumed[:3]:
+        assert trial.user_attrs["resumed_from_epoch"] == 1
+        assert trial.user_attrs["seeds_together"] is False
+    alone = _by_key(_compare(tmp_path, together=False))
+    for key, trial in _by_key(study).items():
+        _same_results(trial, alone[key])
+
+
+def test_a_group_out_of_memory_fails_its_trials_and_each_tries_again_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_memory(self: Any) -> list[float]:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+    monkeypatch.setattr(together_module.SeedGroup, "train_epoch_each", out_of_memory)
+    study = _compare(tmp_path, together=True)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 6 and all(t.user_attrs["out_of_memory"] for t in failed)
+    complete = _by_key(study)
+    assert len(complete) == 6, "each seed-run is tried once more, alone"
+    assert all(t.user_attrs["seeds_together"] is False for t in complete.values())
