@@ -210,7 +210,7 @@ class SeedRunObjective:
 
     def group_size(self) -> int:
         """How many seed-runs of one cell a worker claims and trains together: as many as
-        a search trial of the study trains (`seeds`, whose memory `lsearch bench --memory`
+        a search trial of the study trains (`seeds`, whose memory `lsearch bench`
         measures), where `train.seeds_together` groups seeds on this device; else 1."""
         spec = self.objective.spec
         return len(spec.seeds) if together_on(spec.train.seeds_together, self.device) else 1
