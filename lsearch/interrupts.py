@@ -31,6 +31,8 @@ class Interrupted(Exception):
         self.reason = reason
         self.trial_number: int | None = None  # the trial it stopped, if any
         self.handed_back_as: int | None = None  # that trial's WAITING retry
+        # Every trial it stopped and its retry (several where seed-runs trained together).
+        self.handed_back: list[tuple[int, int]] = []
 
     @property
     def exit_code(self) -> int:

@@ -15,10 +15,12 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from lsearch import interrupts
+from lsearch.api.common import interrupt_message
 from lsearch.comparison import Plan, SeedRunObjective, run_plans
 from lsearch.search.checkpoints import Checkpoints, open_artifact_store
 from lsearch.search.loop import liveness_for
 from lsearch.search.objective import SearchObjective, TrialConfig
+from lsearch.search.trial_group import TrialGroup
 from lsearch.spec import StudySpec
 from lsearch.training import together as together_module
 from lsearch.training.data import load_pool, load_test_set
@@ -116,8 +118,8 @@ def test_a_cells_seed_runs_train_together_as_each_alone_under_one_heartbeat(
     assert max(running for _, running, _ in seen) == 3
     assert {beating for _, _, beating in seen} == {1}
     assert most_at_once == [1]
-    for trial in study.trials:
-        assert trial.system_attrs["lsearch_heartbeat"]["beat"] >= 0
+    for trial in study.trials:  # beat 0 is written as a trial joins; later ones by the thread
+        assert trial.system_attrs["lsearch_heartbeat"]["beat"] > 0
 
 
 def test_a_seed_run_whose_loss_is_not_finite_fails_alone_and_the_others_go_on(
@@ -142,34 +144,79 @@ def test_a_seed_run_whose_loss_is_not_finite_fails_alone_and_the_others_go_on(
         _same_results(trial, alone[key])
 
 
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGTERM one after another", "second Ctrl-C"])
 def test_an_interrupted_group_is_handed_back_and_each_seed_run_resumes_alone(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """SIGTERM in a group's second epoch: its three trials are handed back as WAITING
-    retries with their first epoch's checkpoint; the rerun resumes each alone (a retry
-    resumes its own epoch), and every seed-run ends as the uninterrupted one does."""
+    """A stop in a group's second epoch (SIGTERM between batches, or a second Ctrl-C's
+    KeyboardInterrupt after the third trial's first epoch): its three trials are handed back
+    as WAITING retries, none failed, with their first epoch's checkpoint; the rerun resumes
+    each alone (a retry resumes its own epoch), and every seed-run ends as the uninterrupted
+    one does. One after another (where seeds cannot train together, as under float16's
+    gradient scaler) the first trial stops in its second epoch and the other two, not yet
+    started, are handed back unstarted."""
+    if how.endswith("one after another"):
+        monkeypatch.setattr("lsearch.comparison.group.trains_together", lambda *args: False)
 
-    def stop_in_epoch_2(number: int, epoch: int, epochs: int, value: float) -> None:
-        if epoch == 1:
+    def stop(number: int, epoch: int, epochs: int, value: float) -> None:
+        if how == "second Ctrl-C" and number == 2 and epoch == 1:
+            raise KeyboardInterrupt
+        if how.startswith("SIGTERM") and epoch == 1:
             interrupts.request("SIGTERM")  # seen at the next batch: every epoch 1 is saved
 
     study = optuna.create_study(direction="maximize")
+    stopped = interrupts.Interrupted if how.startswith("SIGTERM") else KeyboardInterrupt
     try:
-        with pytest.raises(interrupts.Interrupted) as stopped:
-            _compare(tmp_path, together=True, study=study, on_epoch=stop_in_epoch_2)
+        with pytest.raises(stopped) as raised:
+            _compare(tmp_path, together=True, study=study, on_epoch=stop)
     finally:
         interrupts.reset()
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 3 and stopped.value.handed_back_as == waiting[0].number
+    assert len(waiting) == 3 and [t.number for t in waiting] == [3, 4, 5]
+    assert not [t for t in study.trials if "fail_reason" in t.user_attrs]
+    if how == "SIGTERM":
+        assert raised.value.handed_back == [(0, 3), (1, 4), (2, 5)]
+        assert "trials 0, 1, 2 were stopped and handed back as trials 3, 4, 5" in (
+            interrupt_message(raised.value, "the comparison")
+        )
+    monkeypatch.undo()
     _compare(tmp_path, together=True, study=study)
-    resumed = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.number >= 3]
-    assert [t.number for t in resumed[:3]] == [t.number for t in waiting]
-    for trial in resumed[:3]:
-        assert trial.user_attrs["resumed_from_epoch"] == 1
+    resumed = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.number in (3, 4, 5)]
+    assert len(resumed) == 3
+    started = resumed[:1] if how.endswith("one after another") else resumed
+    for trial in resumed:
+        assert trial.user_attrs.get("resumed_from_epoch") == (1 if trial in started else None)
         assert trial.user_attrs["seeds_together"] is False
     alone = _by_key(_compare(tmp_path, together=False))
     for key, trial in _by_key(study).items():
         _same_results(trial, alone[key])
+
+
+def test_a_group_grows_with_free_seed_runs_of_its_cell_never_one_that_ran_out_of_memory() -> None:
+    """The members a group claims beside its first: free seed-runs of the same cell, up to
+    the study's `seeds`, leaving out one whose earlier try ran out of device memory (it tries
+    again alone); a first claim that ran out of memory claims nothing more."""
+    spec = StudySpec.model_validate({**SPEC, "train": {**SPEC["train"], "seeds_together": True}})
+    objective = SearchObjective(spec, load_pool(spec.data, CPU), CPU)
+    config = CONFIGS[0]
+    plans = [Plan(config, seed, ()) for seed in range(5)] + [Plan(CONFIGS[1], 0, ())]
+    runs = SeedRunObjective(objective, None, plans)  # type: ignore[arg-type]
+    study = optuna.create_study(direction="maximize")
+    out_of_memory = study.ask()
+    runs._claim(out_of_memory, plans[1])
+    out_of_memory.set_user_attr("out_of_memory", True)
+    out_of_memory.set_user_attr("fail_reason", "OutOfMemoryError: out of memory")
+    study.tell(out_of_memory, state=TrialState.FAIL)
+
+    group = TrialGroup(study, [], ())
+    group.trials.append(study.ask())
+    first = runs._claim(group.trials[0], plans[0])
+    claimed = [plan.seed for _, plan in runs._claim_more(group, first)]
+    assert claimed == [2, 3], "seed 1 ran out of memory; the group holds 3 (the study's seeds)"
+
+    alone = TrialGroup(study, [], ())
+    alone.trials.append(study.ask())
+    assert runs._claim_more(alone, runs._claim(alone.trials[0], plans[1])) == []
 
 
 def test_a_group_out_of_memory_fails_its_trials_and_each_tries_again_alone(

@@ -318,3 +318,35 @@ def test_a_comparison_retries_an_out_of_memory_seed_run_once() -> None:
     failed = {key[-1]: reason for key, reason in failed_keys(study.trials).items()}
     assert set(failed) == {0, 2}
     assert "2.00 GiB" in failed[0] and failed[2] == "ValueError: poison"
+
+
+def test_run_one_raises_what_a_callback_raised_once_the_trial_is_told() -> None:
+    study = optuna.create_study()
+
+    def broken(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        raise RuntimeError("callback broke")
+
+    with pytest.raises(RuntimeError, match="callback broke"):
+        run_one(study, lambda trial: 1.0, [broken], ())
+    assert study.trials[0].state == TrialState.COMPLETE
+
+
+def test_a_trial_whose_tell_meets_an_outage_is_left_running_for_its_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The outage stops the worker; the trial, trained, is left RUNNING for the stale-trial
+    sweep to re-queue (its retry resumes the checkpoint), never told FAIL, even when the
+    database is back a moment later."""
+    study = optuna.create_study()
+    real_tell, calls = study.tell, []
+
+    def tell(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("connection refused"))
+        return real_tell(*args, **kwargs)
+
+    monkeypatch.setattr(study, "tell", tell)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        run_one(study, lambda trial: 1.0, [], ())
+    assert study.trials[0].state == TrialState.RUNNING

@@ -117,6 +117,14 @@ def worker_args(command: str, **options: Any) -> list[str]:
 def interrupt_message(exc: Interrupted, what: str) -> str:
     """One line on what an interrupt did to the trial in flight."""
     stopped = "--timeout passed" if exc.reason == "timeout" else f"{exc.reason} received"
+    if len(exc.handed_back) > 1:
+        stopped_trials = ", ".join(str(number) for number, _ in exc.handed_back)
+        retries = ", ".join(str(retry) for _, retry in exc.handed_back)
+        return (
+            f"{stopped}: trials {stopped_trials} were stopped and handed back as trials "
+            f"{retries}; run the same command again to resume them from their last finished "
+            f"epoch and continue {what}"
+        )
     if exc.handed_back_as is not None:
         return (
             f"{stopped}: trial {exc.trial_number} was stopped and handed back as trial "

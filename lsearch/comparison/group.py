@@ -11,6 +11,7 @@ a killed worker's seed-runs come back as retries that each resume alone.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -60,13 +61,20 @@ def _runs(units: Sequence[TrialTraining]) -> list[SeedRun]:
     return [unit.runs[0] for unit in units]
 
 
+def _fails_the_seed_run(exc: Exception) -> bool:
+    """Whether `exc` ends one seed-run (told FAIL, or taken over) rather than the worker's
+    step: an interrupt hands every claimed trial back, and a user error or a storage outage
+    stops the worker (see search.trial_group.run_one)."""
+    return not (isinstance(exc, interrupts.Interrupted) or stops_the_worker(exc))
+
+
 def _outcome(train: Callable[[], dict]) -> float | Exception:
     """A seed-run's value (its test accuracy), or the exception that ended it; what stops
     the worker, or an interrupt, goes on."""
     try:
         return float(train()["test_acc"])
     except Exception as exc:
-        if stops_the_worker(exc):
+        if not _fails_the_seed_run(exc):
             raise
         return exc
 
@@ -93,11 +101,15 @@ def _train_together(units: list[TrialTraining], group: TrialGroup) -> None:
             if leaving and seeds is not None:
                 seeds = seeds.without(_runs(leaving))  # None: the last one trains alone
     except BaseException as exc:
-        for unit in active:
-            if not isinstance(exc, interrupts.Interrupted):
+        for unit in active:  # as TrialTraining.guarded does for one trial
+            if isinstance(exc, interrupts.Interrupted):
+                if unit.writer is not None:
+                    unit.writer.flush()  # the last finished epoch goes with the hand-back
+            elif isinstance(exc, Exception):
                 unit.abandon(exc)
-            elif unit.writer is not None:
-                unit.writer.flush()  # the last finished epoch goes with the hand-back
+            elif unit.writer is not None:  # a second Ctrl-C: the trial is handed back too
+                with contextlib.suppress(Exception):
+                    unit.writer.wait()  # no write may land after the trial is handed on
         raise
 
 
@@ -121,7 +133,7 @@ def _epoch_done(
                 return False
             value = float(unit.finish()["test_acc"])
     except Exception as exc:
-        if stops_the_worker(exc):
+        if not _fails_the_seed_run(exc):
             raise
         group.finish(unit.trial, exc)
         return True

@@ -43,7 +43,7 @@ from lsearch.store.catalog import (
     is_comparison,
 )
 from lsearch.training.data import ImagePool, TestSet
-from lsearch.training.devices import CoreShare
+from lsearch.training.devices import CoreShare, autocast_precision, requested_precision
 from lsearch.training.seed_run import NonFiniteLossError
 from lsearch.training.together import together_on
 
@@ -213,6 +213,9 @@ class SeedRunObjective:
         a search trial of the study trains (`seeds`, whose memory `lsearch bench`
         measures), where `train.seeds_together` groups seeds on this device; else 1."""
         spec = self.objective.spec
+        precision = autocast_precision(self.device, requested_precision(spec.train.precision))
+        if precision.scales_gradients:  # float16's one scaler would skip every seed's step
+            return 1
         return len(spec.seeds) if together_on(spec.train.seeds_together, self.device) else 1
 
     def train_group(self, group: TrialGroup) -> None:
@@ -236,15 +239,22 @@ class SeedRunObjective:
         size = self.group_size()
         while 1 + len(claims) < size:
             trials = group.study.get_trials(deepcopy=False)
-            ran_out = (t for t in trials if t.user_attrs.get(OUT_OF_MEMORY_ATTR))
-            if any(trial_key(t) == first.key for t in ran_out):
-                break  # a seed-run that ran out of memory once tries again alone
-            free = [p for p in self.free_plans(trials, None) if p.config == first.config]
+            # A seed-run that ran out of memory once tries again alone.
+            ran_out = {trial_key(t) for t in trials if t.user_attrs.get(OUT_OF_MEMORY_ATTR)}
+            if first.key in ran_out:
+                break
+            free = [
+                plan
+                for plan in self.free_plans(trials, None)
+                if plan.config == first.config and plan.key not in ran_out
+            ]
             if not free:
                 break
+            # Workers growing groups at the same moment take different seed-runs.
+            rank = picking_rank(trials, group.trials[0].number)
             trial = group.add()
             try:
-                claims.append((trial, self._claim(trial, free[0])))
+                claims.append((trial, self._claim(trial, free[rank % len(free)])))
             except NothingLeft as exc:  # another worker claimed it at the same moment
                 group.finish(trial, exc)
                 break

@@ -118,6 +118,7 @@ class TrialGroup:
         self.trials: list[optuna.Trial] = []
         self.finished: dict[int, FrozenTrial | None] = {}  # number -> told (None: taken over)
         self.out_of_memory = False
+        self.callback_error: Exception | None = None  # what a callback raised, raised last
         self._beats: Beats | None = None
 
     @property
@@ -160,6 +161,10 @@ class TrialGroup:
             frozen = self.study.tell(trial, values, state, skip_if_finished=True)
         except UpdateFinishedTrialError:
             frozen = None
+        except Exception as exc:
+            if is_transient(exc):  # left RUNNING: it comes back as a stale trial's retry
+                self.finished[trial.number] = None
+            raise
         if frozen is None or frozen.state != state:  # failed as stale first
             return self._taken_over(trial)
         self._stop_beating(trial)
@@ -167,7 +172,10 @@ class TrialGroup:
         if error is not None:
             log.warning("trial %d failed: %s", trial.number, error)
         for callback in self.callbacks:
-            callback(self.study, frozen)
+            try:
+                callback(self.study, frozen)
+            except Exception as exc:  # raised once every trial of the step is told
+                self.callback_error = self.callback_error or exc
         return frozen
 
     def _stop_beating(self, trial: optuna.Trial) -> None:
@@ -189,8 +197,12 @@ class TrialGroup:
         for trial in self.unfinished:
             handed_back = _hand_back(self.study, trial)
             self.finished[trial.number] = None
-            if isinstance(exc, interrupts.Interrupted) and exc.handed_back_as is None:
+            if not isinstance(exc, interrupts.Interrupted):
+                continue
+            if exc.trial_number is None or exc.handed_back_as is None:
                 exc.trial_number, exc.handed_back_as = trial.number, handed_back
+            if handed_back is not None:
+                exc.handed_back.append((trial.number, handed_back))
 
     def fail_quietly(self) -> None:
         """Tell every unfinished trial FAIL as far as the storage lets: the worker stops."""
@@ -269,6 +281,8 @@ def run_one(
             group._taken_over(trial)
     if group.out_of_memory:
         release_memory()
+    if group.callback_error is not None:
+        raise group.callback_error
     return group.told()
 
 
