@@ -166,6 +166,7 @@ def serve_proxy(storage: str | None, host: str, port: int, console: Console | No
     """Serve a storage to many workers through Optuna's gRPC proxy (``lsearch proxy``), and
     fail and re-queue the trials of workers that stopped beating, until Ctrl-C."""
     import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from optuna.storages import run_grpc_proxy_server
 
@@ -176,7 +177,10 @@ def serve_proxy(storage: str | None, host: str, port: int, console: Console | No
     url = resolve_url(storage)
     if url.startswith("grpc://"):
         raise UserError("lsearch proxy serves a database URL, not another proxy")
-    backend = open_storage(url)
+    # Optuna's proxy answers with 10 threads (its default pool, made explicit here); each may
+    # hold a connection, and the stale-trial sweep one more.
+    threads = 10
+    backend = open_storage(url, connections=threads + 1)
     (console or silent()).print(f"serving {mask_url(url)} on grpc://{host}:{port}", highlight=False)
     stop = threading.Event()
     watcher = threading.Thread(
@@ -184,7 +188,8 @@ def serve_proxy(storage: str | None, host: str, port: int, console: Console | No
     )
     watcher.start()
     try:
-        run_grpc_proxy_server(backend, host=host, port=port)
+        pool = ThreadPoolExecutor(max_workers=threads)
+        run_grpc_proxy_server(backend, host=host, port=port, thread_pool=pool)
     finally:
         stop.set()
 

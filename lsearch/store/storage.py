@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ DEFAULT_STORAGE = "sqlite:///lsearch.db"
 STORAGE_ENV = "LSEARCH_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 120
 CONNECT_TIMEOUT_S = 10
+WORKER_CONNECTIONS = 2  # PostgreSQL connections one process holds at most (engine_kwargs)
+POOL_TIMEOUT_S = 120  # how long a thread waits for one of them before it counts as an outage
 
 
 def resolve_url(url: str | None) -> str:
@@ -97,12 +100,31 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def engine_kwargs(url: URL) -> dict[str, Any]:
+def application_name() -> str:
+    """What this process's PostgreSQL connections call themselves (pg_stat_activity's
+    `application_name`, at most 63 bytes): lsearch, the host and the process id, so that a
+    worker's connections can be counted.
+
+    >>> application_name().startswith("lsearch:")
+    True
+    """
+    return f"lsearch:{socket.gethostname()[:40]}:{os.getpid()}"
+
+
+def engine_kwargs(url: URL, connections: int = WORKER_CONNECTIONS) -> dict[str, Any]:
+    """SQLAlchemy engine settings for `url`. On PostgreSQL the pool holds at most
+    `connections`, never more (a thread that finds them all in use waits for one): a worker's
+    main loop, heartbeat thread and checkpoint writer make short transactions, so 2 serve
+    them all, and a server of N connections holds N / 2 workers."""
     if url.get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.get_backend_name() == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        kwargs["connect_args"] = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": application_name(),
+        }
+        kwargs.update(pool_size=connections, max_overflow=0, pool_timeout=POOL_TIMEOUT_S)
     return kwargs
 
 
@@ -192,12 +214,14 @@ def open_storage(
     must_exist: bool = False,
     reconnect_timeout: float = RECONNECT_TIMEOUT_S,
     max_delay: float = MAX_RETRY_DELAY_S,
+    connections: int = WORKER_CONNECTIONS,
 ) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`; every failure becomes a one-line UserError.
 
     With `must_exist`, a SQLite file that is not there is an error instead of being created
     (commands that only read must not leave an empty database behind). Once open, a lost
-    connection is waited out for `reconnect_timeout` seconds (see ResilientStorage).
+    connection is waited out for `reconnect_timeout` seconds (see ResilientStorage). A
+    PostgreSQL storage holds at most `connections` connections (see engine_kwargs).
     Liveness (heartbeats, stale trials) is lsearch's own, through ordinary trial attrs: see
     lsearch.search.liveness.
     """
@@ -214,7 +238,7 @@ def open_storage(
     if path is not None and not path.parent.is_dir():
         raise UserError(f"storage {shown}: folder {path.parent} does not exist; create it first")
     try:
-        rdb = _create_rdb_storage(url, engine_kwargs(parsed))
+        rdb = _create_rdb_storage(url, engine_kwargs(parsed, connections))
         if path is not None:
             # WAL lets readers (the dashboard, status) work while workers write, and
             # makes concurrent writers wait on each other less. It persists in the file.
