@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -232,3 +233,22 @@ def test_a_group_out_of_memory_fails_its_trials_and_each_tries_again_alone(
     complete = _by_key(study)
     assert len(complete) == 6, "each seed-run is tried once more, alone"
     assert all(t.user_attrs["seeds_together"] is False for t in complete.values())
+
+
+@pytest.mark.parametrize(("capability", "size"), [((7, 5), 1), ((8, 0), 3)])
+def test_a_gpu_without_bfloat16_claims_one_seed_run_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], size: int
+) -> None:
+    """auto precision on a T4 (7.5) is float16 with a gradient scaler, which would skip
+    every seed's step when one overflows: seed-runs are claimed one at a time there; an
+    A100 (8.0, bfloat16) claims the study's three seeds together."""
+    from lsearch.training import devices
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    devices.autocast_precision.cache_clear()
+    try:
+        on_a_gpu = SimpleNamespace(spec=StudySpec.model_validate(SPEC), device=torch.device("cuda"))
+        assert SeedRunObjective(on_a_gpu, None, []).group_size() == size  # type: ignore[arg-type]
+    finally:
+        devices.autocast_precision.cache_clear()
