@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -12,6 +13,12 @@ from pathlib import Path
 import pytest
 
 LSEARCH = str(Path(sys.executable).with_name("lsearch"))
+
+# A suite started in the background of a non-interactive shell (`bash .ci/run &`) inherits
+# SIGINT ignored, and so would every lsearch it starts: Ctrl-C's tests, and the proxy and
+# dashboard processes the tests stop with SIGINT, need Python's own handler back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 POSTGRES_ENV = "LSEARCH_TEST_POSTGRES"
 POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
