@@ -39,7 +39,10 @@ EPOCHS = 2
 
 
 def _spec(model: str, trainable: int, optimizer: str = "adamw") -> StudySpec:
-    resnet = model == "resnet18"
+    """`model`: resnet18, small_cnn from scratch, or "pretrained" (the small CNN with the
+    digits-0-4 weights that ship in lsearch, as digits-transfer: a frozen prefix shared by
+    every seed, with BatchNorm in it)."""
+    resnet, pretrained = model == "resnet18", model == "pretrained"
     return StudySpec.model_validate(
         {
             "name": "together",
@@ -50,8 +53,11 @@ def _spec(model: str, trainable: int, optimizer: str = "adamw") -> StudySpec:
                 "val_per_class": 4,
                 "augment": {"crop_padding": 1},
                 "image_size": 32 if resnet else None,
+                **({"classes": [5, 6, 7, 8, 9]} if pretrained else {}),
             },
-            "model": {"name": model, "width": 8},
+            "model": {"name": "small_cnn", "width": 16, "weights": "digits-0-4"}
+            if pretrained
+            else {"name": model, "width": 8},
             "train": {
                 "batch_size": 64 if resnet else 16,
                 "eval_batch_size": 64,
@@ -100,7 +106,11 @@ def _together(spec: StudySpec) -> tuple[list[SeedRun], list[list[float]]]:
 
 
 # ResNet-18 with layer2 or more trainable: see the Gaussian-image test below.
-CASES = [("small_cnn", t) for t in (1, 2, 3, 4)] + [("resnet18", t) for t in (1, 2, 3)]
+CASES = (
+    [("small_cnn", t) for t in (1, 2, 3, 4)]
+    + [("pretrained", t) for t in (1, 2, 3)]
+    + [("resnet18", t) for t in (1, 2, 3)]
+)
 
 
 @pytest.mark.parametrize(("model", "trainable"), CASES)

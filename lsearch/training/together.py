@@ -318,6 +318,11 @@ class SeedGroup:
         batch = first.train.batch_size
         stops = batch_starts(count, batch)
         self.net.train_mode()
+        if self.frozen_prefix != "per seed":
+            # The shared prefix is the first seed's own: its frozen BatchNorm must run in
+            # eval mode too (a fresh model is in train mode, and would normalise each batch
+            # by its own statistics and move the frozen running statistics).
+            first.net.train_mode()
         totals = torch.zeros(self.seeds, device=first.device)
         for start in stops:
             interrupts.check()
