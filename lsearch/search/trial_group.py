@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 import torch
@@ -25,6 +25,7 @@ from lsearch.store.resilient import is_transient
 
 if TYPE_CHECKING:
     from lsearch.search.liveness import Beats, Heartbeat
+    from lsearch.search.loop import Liveness
 
 log = logging.getLogger("lsearch.search.loop")
 
@@ -153,7 +154,7 @@ class TrialGroup:
         as stale meanwhile (its retry resumes it)."""
         if isinstance(outcome, UpdateFinishedTrialError):
             return self._taken_over(trial)
-        state, values, error = _state_of(outcome, self.catch)
+        state, values, error = _state_of(outcome)
         try:
             if isinstance(error, Exception) and not isinstance(error, self.catch):
                 self.out_of_memory |= isinstance(error, torch.OutOfMemoryError)
@@ -217,9 +218,8 @@ class TrialGroup:
         return [frozen for frozen in told if frozen is not None]
 
 
-def _state_of(
-    outcome: Outcome, catch: tuple[type[Exception], ...]
-) -> tuple[TrialState, list[float] | None, BaseException | None]:
+def _state_of(outcome: Outcome) -> tuple[TrialState, list[float] | None, BaseException | None]:
+    """The state a trial is told, its values, and the exception that failed it."""
     if isinstance(outcome, optuna.TrialPruned):
         return TrialState.PRUNED, None, None
     if isinstance(outcome, BaseException):
@@ -233,7 +233,7 @@ def run_one(
     objective: Callable[[optuna.Trial], float | Sequence[float]],
     callbacks: Sequence[TrialCallback],
     catch: tuple[type[Exception], ...],
-    liveness: Any = None,
+    liveness: Liveness | None = None,
 ) -> list[FrozenTrial]:
     """Ask for a trial (a WAITING retry first), run it with a heartbeat, tell its end and
     call the callbacks: Optuna's `optimize` step, with what lsearch needs in place of its

@@ -286,7 +286,9 @@ class TrialTraining:
 
 
 def train_trial(
-    training: TrialTraining, train_epoch: Callable[[], list[float]], before_checkpoint: Any = None
+    training: TrialTraining,
+    train_epoch: Callable[[], list[float]],
+    before_checkpoint: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train a trial's epochs with `train_epoch` (every seed one epoch: their mean losses),
     calling `before_checkpoint` (a SeedGroup's optimizer sync) after each when the trial
