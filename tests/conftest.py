@@ -118,9 +118,10 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
 class OwnPostgres:
     """A PostgreSQL cluster of the test's own (initdb on a free port in a temporary folder,
     run as the `postgres` user), so that a test may stop and start it without touching the
-    machine's server or the one $LSEARCH_TEST_POSTGRES names."""
+    machine's server or the one $LSEARCH_TEST_POSTGRES names. `settings` are server settings
+    for its command line (`{"max_connections": 10}` is `-c max_connections=10`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str | int] | None = None) -> None:
         import shutil
         import socket
         import tempfile
@@ -132,6 +133,7 @@ class OwnPostgres:
         self.folder = Path(tempfile.mkdtemp(prefix="lsearch-pg-"))
         shutil.chown(self.folder, "postgres", "postgres")
         self.data = self.folder / "data"
+        self.settings = dict(settings or {})
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -149,6 +151,7 @@ class OwnPostgres:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        options += "".join(f" -c {key}={value}" for key, value in self.settings.items())
         log = str(self.folder / "server.log")
         self._as_postgres(
             self.pg_ctl, "-D", str(self.data), "-o", options, "-l", log, "-w", "start"

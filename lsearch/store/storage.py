@@ -11,6 +11,7 @@ lsearch.store.resilient. What open_storage returns pickles, as Optuna's storages
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -38,6 +39,8 @@ from lsearch.store.resilient import (
     RECONNECT_TIMEOUT_S,
     ResilientStorage,
 )
+
+log = logging.getLogger("lsearch.store.storage")
 
 DEFAULT_STORAGE = "sqlite:///lsearch.db"
 STORAGE_ENV = "LSEARCH_STORAGE"
@@ -83,7 +86,9 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # Optuna's own sessions wrap what the driver said
     original = getattr(exc, "orig", None) or exc
     first = " ".join(str(original).split())
     return first.split(" (Background on this error")[0]
@@ -193,6 +198,64 @@ class _ResetConnections:
         self.rdb.engine.dispose()
 
 
+# What a server with no connection slot left says as it refuses one: PostgreSQL's
+# too_many_connections (SQLSTATE 53300, which psycopg does not attach to a refused connection,
+# hence the words) and PgBouncer past its max_client_conn.
+_SERVER_FULL = (
+    "too many clients",
+    "remaining connection slots are reserved",
+    "too many connections for",
+    "no more connections allowed",
+)
+
+
+def server_full(exc: BaseException) -> bool:
+    """Whether `exc` (or the error Optuna wrapped in it) is a server refusing a connection
+    because it has none left: a moment's state, waited for like an outage.
+
+    >>> refused = Exception("FATAL:  sorry, too many clients already")
+    >>> server_full(OperationalError("connect", {}, refused))
+    True
+    >>> server_full(OperationalError("connect", {}, Exception('database "x" does not exist')))
+    False
+    """
+    if isinstance(exc, optuna.exceptions.StorageInternalError):
+        exc = exc.__cause__ or exc
+    return isinstance(exc, OperationalError) and any(sign in str(exc) for sign in _SERVER_FULL)
+
+
+def _open_rdb(
+    url: str, kwargs: dict[str, Any], reconnect_timeout: float, max_delay: float
+) -> RDBStorage:
+    """Open the storage; while the server has no free connection (a worker started as the
+    server is momentarily full), wait with back-off, as ResilientStorage waits out an outage,
+    up to `reconnect_timeout` seconds. Any other error is raised at once: a wrong URL or a
+    missing database does not get better by waiting."""
+    started = time.monotonic()
+    delay = min(0.5, max_delay)
+    while True:
+        try:
+            return _create_rdb_storage(url, kwargs)
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            if not server_full(exc) or time.monotonic() - started + delay > reconnect_timeout:
+                raise
+            log.warning("storage has no free connection; retrying in %.1f s", delay)
+        time.sleep(delay)
+        delay = min(delay * 2, max_delay)
+
+
+def _cannot_open(exc: BaseException, url: str, reconnect_timeout: float) -> UserError:
+    if server_full(exc):
+        hint = (
+            f"the server had no free connection for {reconnect_timeout:g} s "
+            "(storage.reconnect_timeout): run fewer workers, raise its max_connections or put "
+            "a pooler in front (docs/operations.md#through-a-pooler-pgbouncer)"
+        )
+    else:
+        hint = "check the URL, that the server is running and that the database exists"
+    return UserError(f"cannot open storage {mask_url(url)}: {scrub(_reason(exc), url)}; {hint}")
+
+
 def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> RDBStorage:
     """Workers started together on a fresh database race to create Optuna's tables; the
     losers find the tables there when they try again (after a random pause, so that they
@@ -220,7 +283,8 @@ def open_storage(
 
     With `must_exist`, a SQLite file that is not there is an error instead of being created
     (commands that only read must not leave an empty database behind). Once open, a lost
-    connection is waited out for `reconnect_timeout` seconds (see ResilientStorage). A
+    connection is waited out for `reconnect_timeout` seconds (see ResilientStorage); a server
+    with no free connection ("too many clients") is waited for as long, at open too. A
     PostgreSQL storage holds at most `connections` connections (see engine_kwargs).
     Liveness (heartbeats, stale trials) is lsearch's own, through ordinary trial attrs: see
     lsearch.search.liveness.
@@ -238,7 +302,7 @@ def open_storage(
     if path is not None and not path.parent.is_dir():
         raise UserError(f"storage {shown}: folder {path.parent} does not exist; create it first")
     try:
-        rdb = _create_rdb_storage(url, engine_kwargs(parsed, connections))
+        rdb = _open_rdb(url, engine_kwargs(parsed, connections), reconnect_timeout, max_delay)
         if path is not None:
             # WAL lets readers (the dashboard, status) work while workers write, and
             # makes concurrent writers wait on each other less. It persists in the file.
@@ -253,11 +317,12 @@ def open_storage(
         raise UserError(
             f"storage {shown}: driver not installed ({exc.name}); pip install it"
         ) from None
+    except optuna.exceptions.StorageInternalError as exc:
+        if not isinstance(exc.__cause__, SQLAlchemyError):
+            raise
+        raise _cannot_open(exc, url, reconnect_timeout) from None
     except SQLAlchemyError as exc:
-        raise UserError(
-            f"cannot open storage {shown}: {scrub(_reason(exc), url)}; check the URL, that the "
-            "server is running and that the database exists"
-        ) from None
+        raise _cannot_open(exc, url, reconnect_timeout) from None
     # Optuna's cache of finished trials, as optuna.create_study(storage=url) would use.
     cached = optuna.storages.get_storage(rdb)
     return ResilientStorage(cached, reconnect_timeout, _ResetConnections(rdb), max_delay)

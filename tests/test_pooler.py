@@ -1,0 +1,170 @@
+"""Workers through PgBouncer in transaction pooling mode, against a cluster too small to hold
+them directly (`max_connections = 10`, of which 3 are kept for superusers: 7 for the workers'
+role), and what a worker does when the server has no free connection: it waits, like an
+outage, up to `storage.reconnect_timeout`, then ends with one line."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import psycopg
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from lsearch.errors import UserError
+from lsearch.store.storage import open_storage
+from tests.conftest import OwnPostgres
+
+MAX_CONNECTIONS = 10
+RESERVED = 3  # PostgreSQL's superuser_reserved_connections: the role below gets 7
+PASSWORD = "pool-s3cret"  # in every URL, so that a printed one would be caught
+FULL = ("too many clients", "remaining connection slots are reserved")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PgBouncer:
+    """Debian's pgbouncer in transaction pooling mode in front of `cluster`, on a free port,
+    run as the `postgres` user (it refuses root); its absence fails the test."""
+
+    def __init__(self, cluster: OwnPostgres, pool_size: int) -> None:
+        program = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not Path(program).is_file():
+            pytest.fail("pgbouncer is not installed (apt-get install pgbouncer)", pytrace=False)
+        self.folder = Path(tempfile.mkdtemp(prefix="lsearch-pgbouncer-"))
+        self.port = _free_port()
+        config = self.folder / "pgbouncer.ini"
+        (self.folder / "users.txt").write_text('"lsearch" ""\n')
+        config.write_text(
+            f"[databases]\n* = host=127.0.0.1 port={cluster.port}\n"
+            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\n"
+            f"unix_socket_dir = {self.folder}\nauth_type = trust\n"
+            f"auth_file = {self.folder / 'users.txt'}\npool_mode = transaction\n"
+            f"max_client_conn = 100\ndefault_pool_size = {pool_size}\n"
+            f"logfile = {self.folder / 'pgbouncer.log'}\n"
+        )
+        for path in (self.folder, *self.folder.iterdir()):
+            shutil.chown(path, "postgres", "postgres")
+        self.process = subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", program, str(config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"pgbouncer did not start: {self.log()}")
+
+    def log(self) -> str:
+        path = self.folder / "pgbouncer.log"
+        return path.read_text() if path.is_file() else ""
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def small_cluster() -> Iterator[OwnPostgres]:
+    """A cluster of the module's own with max_connections = 10 and a role `lsearch` (not a
+    superuser, so it gets 10 - 3 connections, as a deployment's workers would)."""
+    cluster = OwnPostgres({"max_connections": MAX_CONNECTIONS})
+    try:
+        _admin(cluster, f"CREATE ROLE lsearch LOGIN PASSWORD '{PASSWORD}'")
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def _admin(cluster: OwnPostgres, statement: str) -> None:
+    engine = sqlalchemy.create_engine(
+        cluster.url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool
+    )
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(statement))
+    engine.dispose()
+
+
+def _fresh_database(cluster: OwnPostgres, port: int | None = None) -> str:
+    """A new database owned by `lsearch`; its URL with the password, on `port` (the
+    cluster's, or a pooler's in front of it)."""
+    name = f"lsearch_{int(time.time() * 1000) % 10**9}"
+    _admin(cluster, f'CREATE DATABASE "{name}" OWNER lsearch')
+    return f"postgresql+psycopg://lsearch:{PASSWORD}@127.0.0.1:{port or cluster.port}/{name}"
+
+
+def _hold_connections(url: str, left_free: int) -> list[psycopg.Connection]:
+    """Connections as `lsearch` until the server refuses one, less `left_free` of them:
+    the role's slots all taken but `left_free`."""
+    conninfo = sqlalchemy.make_url(url).set(drivername="postgresql")
+    dsn = conninfo.render_as_string(hide_password=False)
+    held: list[psycopg.Connection] = []
+    while len(held) <= MAX_CONNECTIONS:
+        try:
+            held.append(psycopg.connect(dsn))
+        except psycopg.OperationalError as exc:
+            assert any(sign in str(exc) for sign in FULL), exc
+            assert len(held) > left_free
+            for conn in held[len(held) - left_free :]:
+                conn.close()
+            return held[: len(held) - left_free]
+    raise AssertionError("the server took more connections than max_connections")
+
+
+# Opening takes two connections at once (Optuna's schema check runs inside a session): with
+# none free the first is refused (an OperationalError), with one free the second, inside
+# Optuna, which wraps it in a StorageInternalError.
+@pytest.mark.parametrize("left_free", [0, 1])
+def test_a_worker_opening_a_full_server_waits_for_a_free_connection(
+    small_cluster: OwnPostgres, left_free: int
+) -> None:
+    """Reproduced: open_storage turned "too many clients" into an error at once (a worker
+    started while the server was momentarily full died), or let Optuna's
+    StorageInternalError out with a traceback when the refusal came in its schema check."""
+    url = _fresh_database(small_cluster)
+    held = _hold_connections(url, left_free)
+    release = threading.Timer(2.0, lambda: [conn.close() for conn in held])
+    release.start()
+    try:
+        storage = open_storage(url, reconnect_timeout=60, max_delay=0.5)
+    finally:
+        release.join()
+    study = optuna.create_study(storage=storage, study_name="waited")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    storage._on_lost()  # its pooled connections, for the next test's slots
+
+
+@pytest.mark.parametrize("left_free", [0, 1])
+def test_a_server_full_for_longer_than_the_window_is_one_line(
+    small_cluster: OwnPostgres, left_free: int
+) -> None:
+    url = _fresh_database(small_cluster)
+    held = _hold_connections(url, left_free)
+    try:
+        with pytest.raises(UserError) as raised:
+            open_storage(url, reconnect_timeout=1, max_delay=0.5)
+    finally:
+        for conn in held:
+            conn.close()
+    message = str(raised.value)
+    assert any(sign in message for sign in FULL), message
+    assert "no free connection" in message and "pooler" in message
+    assert PASSWORD not in message and "\n" not in message
