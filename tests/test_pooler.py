@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 
 from lsearch.errors import UserError
 from lsearch.store.storage import open_storage
-from tests.conftest import OwnPostgres
+from tests.conftest import TINY, OwnPostgres
+from tests.test_workers import finish, start_worker
 
 MAX_CONNECTIONS = 10
 RESERVED = 3  # PostgreSQL's superuser_reserved_connections: the role below gets 7
@@ -168,3 +169,29 @@ def test_a_server_full_for_longer_than_the_window_is_one_line(
     assert any(sign in message for sign in FULL), message
     assert "no free connection" in message and "pooler" in message
     assert PASSWORD not in message and "\n" not in message
+
+
+def test_a_worker_whose_storage_stays_away_past_the_window_ends_with_one_line(
+    tmp_path: Path, own_postgres: OwnPostgres
+) -> None:
+    """Reproduced: a running worker whose database went away for longer than
+    storage.reconnect_timeout died with Python's traceback (exit 1)."""
+    url = own_postgres.url.replace("postgres@", f"postgres:{PASSWORD}@")
+    args = ("--trials", "50", *TINY, "--set", "space.epochs=30", "--set", "train.patience=100",
+            "--set", 'pruner.type="none"', "--set", "storage.reconnect_timeout=2")  # fmt: skip
+    worker = start_worker(*args, cwd=tmp_path, env={"LSEARCH_STORAGE": url})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and worker.poll() is None:
+        try:
+            study = optuna.load_study(study_name="digits", storage=url)
+            if study.get_trials(states=(TrialState.RUNNING,)):
+                break
+        except KeyError:
+            pass
+        time.sleep(0.2)
+    own_postgres.stop()
+    code, stderr = finish(worker, timeout=120)
+    assert code == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: storage unreachable for more than 2 s"), stderr
+    assert "Traceback" not in stderr and PASSWORD not in stderr

@@ -21,7 +21,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(command: F) -> F:
-    """Turn a UserError into one line on stderr and exit code 2, with no traceback."""
+    """Turn a UserError into one line on stderr and exit code 2, and a storage that stayed
+    away past its reconnect window into one line and exit code 1, with no traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -30,6 +31,16 @@ def user_errors(command: F) -> F:
         except UserError as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except Exception as exc:
+            from lsearch.store.resilient import outage_message  # (imports SQLAlchemy)
+
+            # Not a user error (exit 2 fails a Kubernetes Job at once; 1 lets it restart the
+            # worker), and where in lsearch the outage struck is no news.
+            message = outage_message(exc)
+            if message is None:
+                raise
+            err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 

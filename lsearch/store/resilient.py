@@ -42,6 +42,44 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(cause, DBAPIError) and cause.connection_invalidated
 
 
+# What ResilientStorage notes on the error it gives up on, for the command's last line.
+GAVE_UP = "storage unreachable for more than {limit:g} s (storage.reconnect_timeout)"
+
+
+def driver_message(exc: BaseException) -> str:
+    """What the database driver said, on one line, without SQLAlchemy's additions (and
+    from under Optuna's StorageInternalError, which wraps it).
+
+    >>> driver_message(OperationalError("SELECT 1", {}, Exception("server  closed")))
+    'server closed'
+    """
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    original = getattr(exc, "orig", None) or exc
+    first = " ".join(str(original).split())
+    return first.split(" (Background on this error")[0]
+
+
+def outage_message(exc: BaseException) -> str | None:
+    """The one line that ends a command whose storage stayed away longer than its reconnect
+    window (what ResilientStorage noted on the error as it gave up); None when `exc` is not a
+    lost connection.
+
+    >>> lost = OperationalError("SELECT 1", {}, Exception("connection refused"))
+    >>> lost.add_note(GAVE_UP.format(limit=2.0))
+    >>> outage_message(lost).split(";")[0]
+    'storage unreachable for more than 2 s (storage.reconnect_timeout): connection refused'
+    """
+    if not is_transient(exc):
+        return None
+    notes = [note for note in getattr(exc, "__notes__", ()) if note.startswith("storage")]
+    what = notes[0] if notes else "storage unreachable"
+    return (
+        f"{what}: {driver_message(exc)}; run the command again once the database is back (a "
+        "trial it left running is recovered after the grace period)"
+    )
+
+
 # The longest pause between attempts to reach a lost database. A worker opened for a study
 # pauses at most its heartbeat interval, so that once the database is back its heartbeat
 # resumes well within the grace period (see lsearch.search.liveness).
@@ -125,7 +163,10 @@ class ResilientStorage(BaseStorage):
                 limit = self.reconnect_timeout
                 if interrupts.requested() is not None:
                     limit = min(limit, STOP_WRITE_TIMEOUT_S)
-                if not is_transient(exc) or time.monotonic() - started > limit:
+                if not is_transient(exc):
+                    raise
+                if time.monotonic() - started > limit:
+                    exc.add_note(GAVE_UP.format(limit=limit))
                     raise
                 if not lost:
                     self.losses += 1
