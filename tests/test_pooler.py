@@ -195,3 +195,73 @@ def test_a_worker_whose_storage_stays_away_past_the_window_ends_with_one_line(
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: storage unreachable for more than 2 s"), stderr
     assert "Traceback" not in stderr and PASSWORD not in stderr
+
+
+WORKERS = 8
+TRIALS = 16
+# The same short window for both runs: through the pooler nothing is refused, so it never
+# matters; straight to the server a worker that finds no free connection for 2 s gives up.
+SHORT_WINDOW = "storage.reconnect_timeout=2"
+
+
+def _start_eight(url: str, cwd: Path) -> list[subprocess.Popen[str]]:
+    args = ("--trials", str(TRIALS), *TINY, "--set", SHORT_WINDOW)
+    return [start_worker(*args, cwd=cwd, env={"LSEARCH_STORAGE": url}) for _ in range(WORKERS)]
+
+
+def _as_superuser(cluster: OwnPostgres, url: str) -> str:
+    """The database of `url` as the superuser, straight to the cluster (a reserved slot)."""
+    name = sqlalchemy.make_url(url).database
+    return sqlalchemy.make_url(cluster.url).set(database=name).render_as_string(False)
+
+
+def test_eight_workers_through_pgbouncer_finish_a_study_on_a_server_of_seven_connections(
+    small_cluster: OwnPostgres, tmp_path: Path
+) -> None:
+    """PgBouncer in transaction pooling mode with 6 server connections: the 8 workers' 16
+    client connections take turns on them, and every worker finishes. With psycopg's prepared
+    statements on (its default), workers failed here ("prepared statement "_pg3_0" already
+    exists", or "does not exist")."""
+    bouncer = PgBouncer(small_cluster, pool_size=MAX_CONNECTIONS - RESERVED - 1)
+    try:
+        url = _fresh_database(small_cluster, port=bouncer.port)
+        workers = _start_eight(url, tmp_path)
+        watcher = sqlalchemy.create_engine(_as_superuser(small_cluster, url))
+        most = 0
+        with watcher.connect() as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'lsearch'"
+            while any(worker.poll() is None for worker in workers):
+                most = max(most, int(conn.execute(sqlalchemy.text(query)).scalar_one()))
+                conn.rollback()
+                time.sleep(0.1)
+        watcher.dispose()
+        results = [finish(worker) for worker in workers]
+    finally:
+        bouncer.stop()
+    for code, stderr in results:
+        assert code == 0, stderr
+        assert "Traceback" not in stderr and PASSWORD not in stderr
+    assert 1 <= most <= MAX_CONNECTIONS - RESERVED - 1, most
+    study = optuna.load_study(study_name="digits", storage=_as_superuser(small_cluster, url))
+    states = [trial.state for trial in study.trials]
+    assert TrialState.FAIL not in states, states
+    assert sum(state in (TrialState.COMPLETE, TrialState.PRUNED) for state in states) >= TRIALS
+    assert len(states) <= TRIALS + WORKERS - 1, states
+
+
+def test_the_same_eight_workers_straight_to_the_server_do_not_all_finish(
+    small_cluster: OwnPostgres, tmp_path: Path
+) -> None:
+    """What proves that the pooler holds them: straight to the cluster, the workers that find
+    no free connection ("too many clients") wait the 2 s window and give up, each with one
+    line (exit 2 when it could not open the storage, 1 when it lost it while running)."""
+    url = _fresh_database(small_cluster)
+    results = [finish(worker) for worker in _start_eight(url, tmp_path)]
+    failed = [(code, stderr) for code, stderr in results if code != 0]
+    assert failed, "8 workers ran straight on 7 connections: this test proves nothing"
+    for code, stderr in failed:
+        last = stderr.strip().splitlines()[-1]
+        assert code in (1, 2) and last.startswith("error: "), stderr
+        assert any(sign in last for sign in FULL), stderr
+    for _, stderr in results:
+        assert "Traceback" not in stderr and PASSWORD not in stderr
