@@ -132,3 +132,15 @@ def interrupt_message(exc: Interrupted, what: str) -> str:
             f"finished epoch and continue {what}"
         )
     return f"{stopped}: run the same command again to continue {what}"
+
+
+def outage_message(exc: BaseException) -> str | None:
+    """The one line that ends a command whose storage stayed away past its reconnect window
+    (lsearch.store.resilient.outage_message); None for any other exception.
+
+    >>> outage_message(ValueError("not an outage")) is None
+    True
+    """
+    from lsearch.store.resilient import outage_message as message  # (imports Optuna)
+
+    return message(exc)

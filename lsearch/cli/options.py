@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from lsearch.api.common import outage_message
 from lsearch.errors import UserError
 
 # Off a terminal rich assumes 80 columns and would cut table cells; give tables room.
@@ -32,8 +33,6 @@ def user_errors(command: F) -> F:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except Exception as exc:
-            from lsearch.store.resilient import outage_message  # (imports SQLAlchemy)
-
             # Not a user error (exit 2 fails a Kubernetes Job at once; 1 lets it restart the
             # worker), and where in lsearch the outage struck is no news.
             message = outage_message(exc)
