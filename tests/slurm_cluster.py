@@ -157,7 +157,16 @@ class SlurmCluster:
                        capture_output=True, timeout=60)  # fmt: skip
         subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True, timeout=60)
         for name in ("slurmd.pid", "slurmctld.pid", "munge/pid"):
-            pid_file = self.folder / name
             with contextlib.suppress(OSError, ValueError):  # already gone
-                os.kill(int(pid_file.read_text()), 15)
+                _stop(int((self.folder / name).read_text()))
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _stop(pid: int, deadline_s: float = 30) -> None:
+    """SIGTERM, then wait for the process to end: munged writes its seed file as it exits,
+    which would otherwise come back after the folder is removed."""
+    os.kill(pid, 15)
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        os.kill(pid, 0)  # OSError once it is gone (they are not our children: no zombies)
+        time.sleep(0.1)
