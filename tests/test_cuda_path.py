@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,9 @@ from lsearch.search import checkpoints as checkpoint
 from lsearch.store.catalog import CHECKPOINT_ATTR
 from lsearch.training import data, devices
 from lsearch.training.seed_run import resume_seed, snapshot
-from tests.conftest import run_lsearch
 from tests.test_interrupts import LONG
 from tests.test_speed import seed_run, tiny_spec
+from tests.test_workers import finish, start_worker
 
 CUDA = torch.device("cuda", 0)
 
@@ -186,11 +188,7 @@ def test_a_trial_checkpointed_on_a_gpu_is_resumed_by_a_cpu_worker(tmp_path: Path
     """A mixed fleet, or a rerun with --device cpu: the retry resumes, not the worker dies
     (before: `set_state` rejected the CUDA generator's 16-byte state with a RuntimeError)."""
     storage = f"sqlite:///{tmp_path / 'moved.db'}"
-    stopped = run_lsearch(
-        "run", "--trials", "1", "--storage", storage, *LONG, "--set", "space.epochs=3000",
-        "--set", "checkpoint.every_s=3600", "--timeout", "8", cwd=tmp_path, timeout=120,
-    )  # fmt: skip
-    assert stopped.returncode == 0, stopped.stderr
+    run_until_epoch(tmp_path, storage, trial=0, epoch=1)
     study = optuna.load_study(study_name="digits", storage=storage)
     pointer = study.trials[1].user_attrs[CHECKPOINT_ATTR]
     path = tmp_path / "artifacts" / pointer["artifact_id"]
@@ -202,17 +200,36 @@ def test_a_trial_checkpointed_on_a_gpu_is_resumed_by_a_cpu_worker(tmp_path: Path
     retry_id = study.trials[1]._trial_id
     study._storage.set_trial_user_attr(retry_id, CHECKPOINT_ATTR, {**pointer, "sha256": digest})
 
-    # The resumed trial is stopped again by --timeout: enough to see it resume and train on.
-    resumed = run_lsearch(
-        "run", "--trials", "1", "--storage", storage, *LONG, "--set", "space.epochs=3000",
-        "--set", "checkpoint.every_s=3600", "--device", "cpu", "--timeout", "8", cwd=tmp_path,
-        timeout=120,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    assert "Traceback" not in resumed.stderr
+    # The resumed trial is stopped again once it has trained on past the checkpoint.
+    run_until_epoch(tmp_path, storage, trial=1, epoch=pointer["epoch"] + 1, device="cpu")
     study = optuna.load_study(study_name="digits", storage=storage)
     moved, retry = study.trials[1], study.trials[2]
     assert moved.user_attrs["resumed_on_other_device"] == "cuda -> cpu"
     assert moved.user_attrs["resumed_from_epoch"] == pointer["epoch"]
     assert "checkpoint_error" not in moved.user_attrs
     assert retry.user_attrs[CHECKPOINT_ATTR]["epoch"] > pointer["epoch"], "it trained on"
+
+
+def run_until_epoch(
+    cwd: Path, storage: str, *, trial: int, epoch: int, device: str = "auto"
+) -> None:
+    """Run a worker on a long trial until trial number `trial` has checkpointed `epoch`, then
+    stop it with SIGTERM (it hands the trial back). Waiting for the epoch rather than a fixed
+    --timeout: on a loaded machine the first epoch can take longer than any fixed time."""
+    worker = start_worker(
+        "--trials", "1", "--storage", storage, *LONG, "--set", "space.epochs=3000",
+        "--device", device, cwd=cwd,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and worker.poll() is None:
+        try:
+            trials = optuna.load_study(study_name="digits", storage=storage).trials
+        except KeyError:  # the study is not created yet
+            trials = []
+        pointer = trials[trial].user_attrs.get(CHECKPOINT_ATTR) if len(trials) > trial else None
+        if pointer and pointer["epoch"] >= epoch:
+            break
+        time.sleep(0.1)
+    worker.send_signal(signal.SIGTERM)
+    code, stderr = finish(worker, timeout=120)
+    assert code == 143 and "Traceback" not in stderr, stderr
