@@ -26,13 +26,44 @@ STEPS = [
 ]
 
 
+# Loaded by every Python process of the check (PYTHONPATH): the check runs as on a bare GPU
+# machine, from a checkout with lsearch not installed (no metadata; the first GPU run failed on
+# that) and without the packages that such a machine lacks and gpu_wheels.sh does not carry.
+BARE_MACHINE = """
+import importlib.metadata as metadata
+import sys
+
+ABSENT = {"plotly", "optuna_dashboard", "psycopg", "selenium", "kubernetes_validate"}
+_from_name = metadata.Distribution.from_name.__func__
+
+
+def from_name(cls, name):
+    if name.replace("_", "-").lower() == "lsearch":
+        raise metadata.PackageNotFoundError(name)
+    return _from_name(cls, name)
+
+
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ABSENT:
+            raise ImportError(f"{name} is not on the GPU machine")
+
+
+metadata.Distribution.from_name = classmethod(from_name)
+sys.meta_path.insert(0, Absent())
+"""
+
+
 def test_the_gpu_check_runs_every_step_on_the_cpu_and_writes_one_json(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
+    bare = tmp_path.parent / f"{tmp_path.name}-site"
+    bare.mkdir()
+    (bare / "sitecustomize.py").write_text(BARE_MACHINE)
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=400,
         env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable,
-             "LSEARCH_GPU_CHECK_LIMIT_S": "170"},
+             "LSEARCH_GPU_CHECK_LIMIT_S": "170", "PYTHONPATH": str(bare)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -106,3 +137,21 @@ def test_the_wheels_script_carries_everything_the_check_imports_that_a_gpu_box_l
         if name not in on_the_gpu_box:
             needed |= requirements(name)
     assert needed - on_the_gpu_box <= carried, needed - on_the_gpu_box - carried
+
+
+def test_the_gpu_check_runs_only_the_steps_named_in_its_environment(tmp_path: Path) -> None:
+    """LSEARCH_GPU_CHECK_ONLY: a rerun of one step within a short loan of a GPU."""
+    out = tmp_path / "gpu.json"
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=400,
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable,
+             "LSEARCH_GPU_CHECK_ONLY": "doctor"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = json.loads(out.read_text())["steps"]
+    assert [step["name"] for step in steps] == [name for name, _ in STEPS]
+    assert steps[0]["status"] == "ok" and steps[0]["exit_code"] == 0
+    for step in steps[1:]:
+        assert step["status"] == "not run"
+        assert step["why"] == "not selected (LSEARCH_GPU_CHECK_ONLY=doctor)"

@@ -182,11 +182,13 @@ def open_study(
 
 
 def produced_by() -> dict[str, str]:
-    """The versions that made a study (each trial records its own `device`)."""
-    from importlib.metadata import version
+    """The versions that made a study (each trial records its own `device`). lsearch's own
+    comes from the package, not its installed metadata: a checkout run as `python -m lsearch`
+    (the GPU check on a bare machine) has none."""
+    import lsearch
 
     return {
-        "lsearch": version("lsearch"),
+        "lsearch": lsearch.__version__,
         "torch": torch.__version__,
         "optuna": optuna.__version__,
         "python": platform.python_version(),
