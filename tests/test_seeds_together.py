@@ -31,7 +31,13 @@ from lsearch.spec import StudySpec
 from lsearch.training.data import load_pool, split_for_seed
 from lsearch.training.models import build_model
 from lsearch.training.seed_run import SeedRun, start_seed_run
-from lsearch.training.together import SeedGroup, seed_slice, trains_together
+from lsearch.training.together import (
+    AUTO_LARGEST_SIDE,
+    SeedGroup,
+    seed_slice,
+    together_on,
+    trains_together,
+)
 
 CPU = torch.device("cpu")
 SEEDS = (0, 1, 2)
@@ -320,13 +326,21 @@ def test_seeds_together_is_left_out_of_the_spec_check() -> None:
     assert spec.same_trials_as(other.to_dict()) and spec.same_trials_as(other.to_dict(), True)
 
 
-def test_auto_trains_seeds_together_on_cuda_only_and_never_under_a_gradient_scaler() -> None:
+def test_auto_trains_seeds_together_on_cuda_up_to_64_px_and_never_under_a_gradient_scaler() -> None:
     spec = StudySpec.model_validate(TRIAL)
     runs = _runs(_spec("small_cnn", 2))
     cuda = torch.device("cuda")
     assert trains_together("auto", cuda, runs) and not trains_together("auto", CPU, runs)
     assert trains_together(True, CPU, runs) and not trains_together(False, cuda, runs)
     assert not trains_together(True, cuda, runs[:1]), "one seed has nothing to group"
+    # Up to 64 px auto groups on CUDA; at 224 px (the CIFAR-10 study) it measured slower.
+    assert together_on("auto", cuda, AUTO_LARGEST_SIDE) and AUTO_LARGEST_SIDE == 64
+    assert not together_on("auto", cuda, AUTO_LARGEST_SIDE + 1) and together_on(True, cuda, 224)
+    for run in runs:
+        run.data = run.data.model_copy(update={"image_size": 224})
+    assert not trains_together("auto", cuda, runs) and trains_together(True, cuda, runs)
+    for run in runs:
+        run.data = run.data.model_copy(update={"image_size": None})
     runs[0].scaler = torch.amp.GradScaler("cpu")  # float16 on a GPU without bfloat16
     assert not trains_together(True, cuda, runs)
     with pytest.raises(ValueError, match="gradient scaler"):

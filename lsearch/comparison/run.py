@@ -45,7 +45,7 @@ from lsearch.store.catalog import (
 from lsearch.training.data import ImagePool, TestSet
 from lsearch.training.devices import CoreShare, autocast_precision, requested_precision
 from lsearch.training.seed_run import NonFiniteLossError
-from lsearch.training.together import together_on
+from lsearch.training.together import together_on, trained_side
 
 
 def open_comparison(
@@ -216,7 +216,8 @@ class SeedRunObjective:
         precision = autocast_precision(self.device, requested_precision(spec.train.precision))
         if precision.scales_gradients:  # float16's one scaler would skip every seed's step
             return 1
-        return len(spec.seeds) if together_on(spec.train.seeds_together, self.device) else 1
+        side = trained_side(spec.data, self.objective.pool)
+        return len(spec.seeds) if together_on(spec.train.seeds_together, self.device, side) else 1
 
     def train_group(self, group: TrialGroup) -> None:
         """The trial loop's step (search.trial_group.run_one): claim a seed-run for the

@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from lsearch import interrupts
+from lsearch.spec import Data
+from lsearch.training.data import ImagePool
 from lsearch.training.models import LayeredModel, model_stages
 from lsearch.training.seed_run import (
     NonFiniteLossError,
@@ -45,28 +47,44 @@ from lsearch.training.seed_run import (
     smoothed_cross_entropy,
 )
 
+# The largest side (px) at which "auto" groups seeds on CUDA. Measured with the GPU check on
+# an NVIDIA H200 (docs/gpu.md, 2026-12-04): three ResNet-18 seeds together trained 1.87x the
+# seed-epochs per second of one at a time at 32 px and 1.57x at 64 px, but 0.93x at 224 px,
+# where one seed's batches already fill the GPU and grouped convolutions are the slower kernels.
+AUTO_LARGEST_SIDE = 64
+
 
 def trains_together(setting: str | bool, device: torch.device, runs: Sequence[SeedRun]) -> bool:
     """Whether `runs` (a trial's seed-runs) train as one `SeedGroup` under the study's
-    `train.seeds_together`: "auto" is on on CUDA and off on the CPU, where grouping was
-    measured no faster (docs/speed.md); never for one seed, nor under float16's gradient
-    scaler (one scaler would skip every seed's step when one seed overflows).
+    `train.seeds_together` (see together_on for "auto"); never for one seed, nor under
+    float16's gradient scaler (one scaler would skip every seed's step when one seed
+    overflows).
 
     >>> trains_together("auto", torch.device("cpu"), [])
     False
     """
     if len(runs) < 2 or any(run.scaler is not None for run in runs):
         return False
-    return together_on(setting, device)
+    return together_on(setting, device, trained_side(runs[0].data, runs[0].pool))
 
 
-def together_on(setting: str | bool, device: torch.device) -> bool:
-    """Whether `train.seeds_together` groups seeds on `device` (see trains_together).
+def trained_side(data: Data, pool: ImagePool) -> int:
+    """The side of the images the model sees: `data.image_size`, or the dataset's own."""
+    return data.image_size or int(pool.images.shape[-1])
 
-    >>> together_on("auto", torch.device("cuda")), together_on(True, torch.device("cpu"))
-    (True, True)
+
+def together_on(setting: str | bool, device: torch.device, side: int) -> bool:
+    """Whether `train.seeds_together` groups seeds on `device` for images of `side` px:
+    "auto" is on on CUDA up to AUTO_LARGEST_SIDE px (measured faster there, slower at 224 px)
+    and off on the CPU, where grouping was measured no faster (docs/speed.md).
+
+    >>> cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    >>> together_on("auto", cuda, 32), together_on("auto", cuda, 224), together_on(True, cpu, 8)
+    (True, False, True)
     """
-    return device.type == "cuda" if setting == "auto" else bool(setting)
+    if setting == "auto":
+        return device.type == "cuda" and side <= AUTO_LARGEST_SIDE
+    return bool(setting)
 
 
 class GroupedLinear(nn.Module):
