@@ -185,3 +185,22 @@ def test_a_killed_write_leaves_only_a_temporary_file_that_the_next_save_removes(
     assert sorted(p.name for p in tmp_path.iterdir()) == [pointer["artifact_id"]]
     checkpoints.finish(trial)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_retry_whose_checkpoint_is_gone_trains_from_the_start_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """Before, a retry whose checkpoint file had gone trained from epoch 1 and recorded
+    nothing: it looked like a trial that had never been stopped."""
+    storage, pointer = killed_after_a_checkpoint(tmp_path)
+    (tmp_path / "artifacts" / pointer["artifact_id"]).unlink()
+    again = run_lsearch("run", "--trials", "1", "--storage", storage, *ARGS, cwd=tmp_path,
+                        timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    (done,) = optuna.load_study(study_name="digits", storage=storage).get_trials(
+        states=(TrialState.COMPLETE,)
+    )
+    error = done.user_attrs["checkpoint_error"]
+    assert pointer["artifact_id"] in error and "its file is gone" in error, error
+    assert "trained from epoch 1" in error and "resumed_from_epoch" not in done.user_attrs
+    assert done.user_attrs["epochs_trained"] == done.user_attrs["epochs_run"] == 30

@@ -103,7 +103,7 @@ def resume_trial(
 ) -> TrialProgress | None:
     """Restore a re-queued trial from the newest checkpoint of the trial it replaces.
 
-    A checkpoint that cannot be trusted (damaged, or not a state of these runs) is never
+    A checkpoint that cannot be trusted (damaged, gone, or not a state of these runs) is never
     fatal: it is removed, the reason goes to the user attr `checkpoint_error`, `runs` are
     rebuilt in place (a seed that loaded before a later one failed must not go on from
     it) and the trial trains from the start (None)."""
@@ -118,7 +118,9 @@ def resume_trial(
     except DamagedCheckpoint as exc:
         _discard(objective, trial, config, runs, history[-1], exc)
         return None
-    if loaded is None:
+    if loaded is None:  # said, not silent: a retry that trains from epoch 1 costs the user time
+        gone = DamagedCheckpoint("its file is gone (removed, or on another machine's disk)")
+        _discard(objective, trial, config, runs, history[-1], gone)
         return None
     progress, state, moved = loaded
     trial.set_user_attr(RESUMED_FROM_TRIAL_ATTR, history[-1])
