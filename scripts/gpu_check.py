@@ -283,9 +283,15 @@ def interrupted(folder: Path, size_args: list[str], first_device: str, resume_de
         raise RuntimeError("the resumed trial did not complete")
     resumed = done[-1]
     if resumed.user_attrs.get("resumed_from_epoch") is None:
-        # The trial ended before Ctrl-C reached it (a fast GPU): nothing was resumed, so
-        # nothing was checked. The first H200 run reported such a step as passed.
-        raise RuntimeError("the trial completed before the interrupt: no resume to check")
+        # Nothing was resumed, so nothing was checked (the first H200 runs reported such steps
+        # as passed): the trial ended before Ctrl-C reached it, or its retry could not use
+        # the checkpoint. Say which, with every trial's state.
+        found = [(t.number, t.state.name, t.user_attrs.get("device", "")[:8],
+                  t.system_attrs.get("failed_trial")) for t in trials(storage)]  # fmt: skip
+        raise RuntimeError(
+            f"no trial resumed: checkpoint_error={resumed.user_attrs.get('checkpoint_error')!r}; "
+            f"trials (number, state, device, retry of)={found}"
+        )
     figures = {
         "checkpoint_epoch_at_stop": epoch,
         "resumed_from_epoch": resumed.user_attrs.get("resumed_from_epoch"),
