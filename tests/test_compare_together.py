@@ -253,8 +253,7 @@ def test_a_gpu_without_bfloat16_claims_one_seed_run_at_a_time(
     devices.autocast_precision.cache_clear()
     try:
         spec = StudySpec.model_validate(SPEC)
-        pool = SimpleNamespace(images=torch.zeros(1, 1, 8, 8))  # digits' 8 px
-        on_a_gpu = SimpleNamespace(spec=spec, device=torch.device("cuda"), pool=pool)
+        on_a_gpu = SimpleNamespace(spec=spec, device=torch.device("cuda"))  # digits, 8 px
         assert SeedRunObjective(on_a_gpu, None, []).group_size() == size  # type: ignore[arg-type]
         # At 224 px auto trains seeds one at a time on CUDA (measured slower together).
         on_a_gpu.spec = spec.model_copy(

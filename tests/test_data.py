@@ -20,6 +20,7 @@ from lsearch.training.data import (
     CIFAR10_FOLDER,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NATIVE_SIDE,
     ImagePool,
     load_pool,
     load_test_set,
@@ -146,6 +147,9 @@ def test_load_pool_reads_cifar10_onto_the_device(tmp_path: Path) -> None:
     assert pool.num_classes == 10
     assert pool.mean == IMAGENET_MEAN == (0.485, 0.456, 0.406)
     assert pool.std == IMAGENET_STD == (0.229, 0.224, 0.225)
+    # The side seeds_together's "auto" reads from the spec alone, before any image is loaded.
+    assert NATIVE_SIDE["cifar10"] == pool.images.shape[-1]
+    assert NATIVE_SIDE["digits"] == load_pool(Data(), CPU).images.shape[-1]
 
 
 @pytest.mark.parametrize("test_batch", ["corrupt", "absent"])

@@ -42,10 +42,10 @@ from lsearch.store.catalog import (
     find_study,
     is_comparison,
 )
-from lsearch.training.data import ImagePool, TestSet
+from lsearch.training.data import ImagePool, TestSet, trained_side
 from lsearch.training.devices import CoreShare, autocast_precision, requested_precision
 from lsearch.training.seed_run import NonFiniteLossError
-from lsearch.training.together import together_on, trained_side
+from lsearch.training.together import together_on
 
 
 def open_comparison(
@@ -216,7 +216,7 @@ class SeedRunObjective:
         precision = autocast_precision(self.device, requested_precision(spec.train.precision))
         if precision.scales_gradients:  # float16's one scaler would skip every seed's step
             return 1
-        side = trained_side(spec.data, self.objective.pool)
+        side = trained_side(spec.data)
         return len(spec.seeds) if together_on(spec.train.seeds_together, self.device, side) else 1
 
     def train_group(self, group: TrialGroup) -> None:

@@ -221,6 +221,19 @@ def pretrained_statistics(weights: str) -> tuple[tuple[float, ...], tuple[float,
     return tuple(figures["input_mean"]), tuple(figures["input_std"])
 
 
+# The side of each dataset's own images (digits are 8x8, CIFAR-10 32x32).
+NATIVE_SIDE = {"digits": 8, "cifar10": 32}
+
+
+def trained_side(data: Data) -> int:
+    """The side of the images the model sees: `data.image_size`, or the dataset's own.
+
+    >>> trained_side(Data(dataset="cifar10")), trained_side(Data(image_size=224))
+    (32, 224)
+    """
+    return data.image_size or NATIVE_SIDE[data.dataset]
+
+
 def load_pool(data: Data, device: torch.device, weights: str = "none") -> ImagePool:
     """Load the study's dataset once per process, straight onto `device`.
 

@@ -35,8 +35,7 @@ import torch
 from torch import nn
 
 from lsearch import interrupts
-from lsearch.spec import Data
-from lsearch.training.data import ImagePool
+from lsearch.training.data import trained_side
 from lsearch.training.models import LayeredModel, model_stages
 from lsearch.training.seed_run import (
     NonFiniteLossError,
@@ -65,12 +64,7 @@ def trains_together(setting: str | bool, device: torch.device, runs: Sequence[Se
     """
     if len(runs) < 2 or any(run.scaler is not None for run in runs):
         return False
-    return together_on(setting, device, trained_side(runs[0].data, runs[0].pool))
-
-
-def trained_side(data: Data, pool: ImagePool) -> int:
-    """The side of the images the model sees: `data.image_size`, or the dataset's own."""
-    return data.image_size or int(pool.images.shape[-1])
+    return together_on(setting, device, trained_side(runs[0].data))
 
 
 def together_on(setting: str | bool, device: torch.device, side: int) -> bool:
