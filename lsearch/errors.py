@@ -1,5 +1,6 @@
-"""The one exception type for mistakes a user can fix, and exceptions as one line for the
-attrs that record why a trial failed or trained from the start."""
+"""The exception type for mistakes a user can fix, the one for a storage that stayed full,
+and exceptions as one line for the attrs that record why a trial failed or trained from the
+start."""
 
 
 class UserError(Exception):
@@ -8,6 +9,13 @@ class UserError(Exception):
     The message is one line that names the problem and the fix. The CLI prints it and
     exits with code 2, without a traceback.
     """
+
+
+class StorageUnavailable(Exception):
+    """The storage had no free connection for longer than `storage.reconnect_timeout` as a
+    command opened it: a state of the server, not the user's mistake. The CLI prints the
+    one-line message and exits with code 1 (as for an outage), so that a Kubernetes Job
+    replaces the worker instead of failing as it does on a user error (code 2)."""
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from lsearch.api.common import outage_message
-from lsearch.errors import UserError
+from lsearch.errors import StorageUnavailable, UserError
 
 # Off a terminal rich assumes 80 columns and would cut table cells; give tables room.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -23,7 +23,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def user_errors(command: F) -> F:
     """Turn a UserError into one line on stderr and exit code 2, and a storage that stayed
-    away past its reconnect window into one line and exit code 1, with no traceback."""
+    away or full past its reconnect window into one line and exit code 1, with no
+    traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,6 +33,9 @@ def user_errors(command: F) -> F:
         except UserError as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except StorageUnavailable as exc:  # a full server: no user error (see below)
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
         except Exception as exc:
             # Not a user error (exit 2 fails a Kubernetes Job at once; 1 lets it restart the
             # worker), and where in lsearch the outage struck is no news.

@@ -33,7 +33,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from lsearch.errors import UserError
+from lsearch.errors import StorageUnavailable, UserError
 from lsearch.store.resilient import (
     MAX_RETRY_DELAY_S,
     RECONNECT_TIMEOUT_S,
@@ -252,17 +252,18 @@ def _open_rdb(
         delay = min(delay * 2, max_delay)
 
 
-def _cannot_open(exc: BaseException, url: str, reconnect_timeout: float) -> UserError:
+def _cannot_open(
+    exc: BaseException, url: str, reconnect_timeout: float
+) -> UserError | StorageUnavailable:
+    said = f"cannot open storage {mask_url(url)}: {scrub(driver_message(exc), url)}"
     if server_full(exc):
-        hint = (
-            f"the server had no free connection for {reconnect_timeout:g} s "
+        return StorageUnavailable(
+            f"{said}; the server had no free connection for {reconnect_timeout:g} s "
             "(storage.reconnect_timeout): run fewer workers, raise its max_connections or put "
             "a pooler in front (docs/operations.md#through-a-pooler-pgbouncer)"
         )
-    else:
-        hint = "check the URL, that the server is running and that the database exists"
     return UserError(
-        f"cannot open storage {mask_url(url)}: {scrub(driver_message(exc), url)}; {hint}"
+        f"{said}; check the URL, that the server is running and that the database exists"
     )
 
 
@@ -289,7 +290,8 @@ def open_storage(
     max_delay: float = MAX_RETRY_DELAY_S,
     connections: int = WORKER_CONNECTIONS,
 ) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`; every failure becomes a one-line UserError.
+    """An Optuna storage for `url`; every failure becomes a one-line UserError, but for a
+    server that stayed full (StorageUnavailable).
 
     With `must_exist`, a SQLite file that is not there is an error instead of being created
     (commands that only read must not leave an empty database behind). Once open, a lost
