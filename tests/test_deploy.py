@@ -5,6 +5,9 @@ the dashboard inside the cluster only, and commands that lsearch's CLI accepts."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +103,34 @@ def test_the_manifests_commands_are_ones_lsearch_accepts(name: str) -> None:
     (container,) = _containers(_resources()[name])
     result = CliRunner().invoke(app, [*container["args"], "--help"])
     assert result.exit_code == 0, result.output
+
+
+def _wait_for_postgres(url: str) -> subprocess.Popen[str]:
+    """The workers' init container's command, run here with Debian's pg_isready."""
+    (init,) = _resources()["Job/lsearch-workers"]["spec"]["template"]["spec"]["initContainers"]
+    assert init["image"].startswith("postgres:")
+    secret = {"name": "LSEARCH_STORAGE",
+              "valueFrom": {"secretKeyRef": {"name": "lsearch-storage", "key": "url"}}}  # fmt: skip
+    assert init["env"] == [secret]
+    return subprocess.Popen(
+        init["command"], env={"PATH": os.environ["PATH"], "LSEARCH_STORAGE": url},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_the_workers_wait_for_postgresql_to_accept_connections(own_postgres: Any) -> None:
+    """`kubectl apply -f deploy/kubernetes/` starts PostgreSQL and the workers together; a
+    worker that found no database at start would exit 2 and fail the Job, so each pod's init
+    container waits for it."""
+    own_postgres.stop()
+    waiting = _wait_for_postgres(own_postgres.url)  # postgresql+psycopg://...
+    try:
+        time.sleep(3)
+        assert waiting.poll() is None, waiting.communicate()[0]
+        own_postgres.start()
+        assert waiting.wait(timeout=60) == 0
+    finally:
+        waiting.kill()
+    assert "waiting for PostgreSQL" in waiting.communicate()[0]
+    proxy = _wait_for_postgres("grpc://lsearch-proxy:13000")  # nothing to wait for
+    assert proxy.wait(timeout=10) == 0
