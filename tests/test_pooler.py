@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from lsearch.errors import StorageUnavailable
+from lsearch import StorageUnavailable  # as the Python API docs name it
 from lsearch.store.storage import open_storage
 from tests.conftest import TINY, OwnPostgres
 from tests.test_workers import finish, start_worker

@@ -36,7 +36,7 @@ from lsearch.api.results import (
 )
 from lsearch.api.search import best, count_finished, run, serve_proxy, status
 from lsearch.api.studyfile import load_study_file
-from lsearch.errors import UserError
+from lsearch.errors import StorageUnavailable, UserError
 from lsearch.interrupts import Interrupted
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "Report",
     "Speed",
     "StatusReport",
+    "StorageUnavailable",
     "TableData",
     "UserError",
     "at_least",
