@@ -212,10 +212,14 @@ def bench(deterministic: bool, size: int, baseline: bool = False) -> dict[str, A
 def seeds_together(size: int) -> dict[str, Any]:
     """lsearch bench --seeds 3: the seeds of a trial together against one at a time."""
     from lsearch.bench.seeds import measure_seeds_together
-    from lsearch.bench.workload import bench_data
+    from lsearch.bench.workload import bench_data, random_weights
 
-    # ImageNet's weights, which bench_data replaces by one random set for every seed offline.
-    spec, device = bench_spec(True, size, weights="imagenet")
+    # One random set of pretrained-like weights for every seed (a shared frozen prefix, as
+    # with ImageNet's), written here: asking for ImageNet's would try a download first, and
+    # a GPU box with no network may make that wait (the H200 runs set https_proxy to a
+    # closed port so that it failed at once).
+    spec, device = bench_spec(True, size)
+    spec, device = bench_spec(True, size, weights=str(random_weights(spec)))
     spec, pool, _ = bench_data(spec, device, synthetic=True)
     return measure_seeds_together(spec, pool, device, 3, BENCH_EPOCHS).to_json()
 
