@@ -54,17 +54,22 @@ sys.meta_path.insert(0, Absent())
 """
 
 
+def run_check(out: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """scripts/gpu_check.sh writing `out`, in out's folder, with this Python and `env`."""
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out)],
+        cwd=out.parent, capture_output=True, text=True, timeout=400,
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable,
+             **env},
+    )  # fmt: skip
+
+
 def test_the_gpu_check_runs_every_step_on_the_cpu_and_writes_one_json(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     bare = tmp_path.parent / f"{tmp_path.name}-site"
     bare.mkdir()
     (bare / "sitecustomize.py").write_text(BARE_MACHINE)
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=400,
-        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable,
-             "LSEARCH_GPU_CHECK_LIMIT_S": "170", "PYTHONPATH": str(bare)},
-    )  # fmt: skip
+    result = run_check(out, LSEARCH_GPU_CHECK_LIMIT_S="170", PYTHONPATH=str(bare))
     assert result.returncode == 0, result.stderr[-3000:]
     # Nothing is downloaded (torch.hub announces it): a GPU box with no network may make a
     # download attempt wait rather than fail.
@@ -145,12 +150,7 @@ def test_the_wheels_script_carries_everything_the_check_imports_that_a_gpu_box_l
 def test_the_gpu_check_runs_only_the_steps_named_in_its_environment(tmp_path: Path) -> None:
     """LSEARCH_GPU_CHECK_ONLY: a rerun of one step within a short loan of a GPU."""
     out = tmp_path / "gpu.json"
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=400,
-        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable,
-             "LSEARCH_GPU_CHECK_ONLY": "doctor"},
-    )  # fmt: skip
+    result = run_check(out, LSEARCH_GPU_CHECK_ONLY="doctor")
     assert result.returncode == 0, result.stderr[-3000:]
     steps = json.loads(out.read_text())["steps"]
     assert [step["name"] for step in steps] == [name for name, _ in STEPS]

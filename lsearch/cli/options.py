@@ -30,12 +30,9 @@ def user_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except UserError as exc:
+        except (UserError, StorageUnavailable) as exc:  # a full server: no user error (below)
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except StorageUnavailable as exc:  # a full server: no user error (see below)
-            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(2 if isinstance(exc, UserError) else 1) from None
         except Exception as exc:
             # Not a user error (exit 2 fails a Kubernetes Job at once; 1 lets it restart the
             # worker), and where in lsearch the outage struck is no news.

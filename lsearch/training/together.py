@@ -48,8 +48,8 @@ from lsearch.training.seed_run import (
 
 # The largest side (px) at which "auto" groups seeds on CUDA. Measured with the GPU check on
 # an NVIDIA H200 (docs/gpu.md, 2026-12-04): three ResNet-18 seeds together trained 1.87x the
-# seed-epochs per second of one at a time at 32 px and 1.57x at 64 px, but 0.93x at 224 px,
-# where one seed's batches already fill the GPU and grouped convolutions are the slower kernels.
+# seed-epochs per second of one at a time at 32 px and 1.57x at 64 px, but 0.93x at 224 px
+# (why was not profiled).
 AUTO_LARGEST_SIDE = 64
 
 
