@@ -15,6 +15,7 @@ comparison then measures the batched computation, not the chaos."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from lsearch.search.checkpoints import Checkpoints, open_artifact_store
 from lsearch.search.loop import run_until
 from lsearch.search.objective import SearchObjective, TrialConfig
 from lsearch.spec import StudySpec
+from lsearch.training import seed_run, together
 from lsearch.training.data import load_pool, split_for_seed
 from lsearch.training.models import build_model
 from lsearch.training.seed_run import SeedRun, start_seed_run
@@ -346,3 +348,49 @@ def test_auto_trains_seeds_together_on_cuda_up_to_64_px_and_never_under_a_gradie
     with pytest.raises(ValueError, match="gradient scaler"):
         SeedGroup(runs)
     assert spec.train.seeds_together == "auto"
+
+
+def _layout_mismatches(optimizer: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's states whose strides are not their parameter's, which CUDA's fused
+    Adam refuses ("params, grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and
+    layout") and the CPU's takes."""
+    return [
+        f"{key} of a {tuple(param.shape)} parameter: {value.stride()} vs {param.stride()}"
+        for group in optimizer.param_groups
+        for param in group["params"]
+        for key, value in optimizer.state.get(param, {}).items()
+        if value.shape == param.shape and value.stride() != param.stride()
+    ]
+
+
+def test_optimizer_states_take_their_parameters_layout_on_resume_and_regrouping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With channels_last models, as on CUDA: a checkpoint written with contiguous tensors (on
+    the CPU) resumes alone and together, a group hands its state to each seed, and a group a
+    seed left goes on, every optimizer state in its parameter's layout. On an H200 every
+    resumed grouped trial failed at its first step with the error above (2026-12-04)."""
+    _, saved = _search_trial(tmp_path, monkeypatch, together=False)
+    monkeypatch.setattr(seed_run, "channels_last", lambda device: True)
+    monkeypatch.setattr(together, "channels_last", lambda device: True)
+    spec = StudySpec.model_validate(TRIAL)
+    objective = SearchObjective(spec, load_pool(spec.data, CPU), CPU)
+    config = TrialConfig(0.1, 3, 3e-3, 3)
+    alone = objective.start(0, config)
+    assert not all(p.is_contiguous() for p in alone.net.trainable_parameters()), "not mocked"
+    alone.load_state_dict(saved[1]["seeds"][0], epoch=1)
+    assert _layout_mismatches(alone.optimizer) == []
+    runs = [objective.start(seed, config) for seed in SEEDS]
+    for run, state in zip(runs, saved[1]["seeds"], strict=True):
+        run.load_state_dict(state, epoch=1)
+    group = SeedGroup(runs)
+    assert _layout_mismatches(group.optimizer) == []
+    group.train_epoch()
+    group.sync_optimizers()
+    assert [_layout_mismatches(run.optimizer) for run in runs] == [[], [], []]
+    smaller = group.without([runs[1]])
+    assert smaller is not None and _layout_mismatches(smaller.optimizer) == []
+    smaller.train_epoch()
+    assert smaller.without([runs[2]]) is None
+    assert _layout_mismatches(runs[0].optimizer) == []
+    assert math.isfinite(runs[0].train_epoch())

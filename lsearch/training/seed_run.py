@@ -30,6 +30,38 @@ from lsearch.training.features import FeatureCache
 from lsearch.training.models import LayeredModel
 
 
+def channels_last(device: torch.device) -> bool:
+    """Whether models and inputs on `device` run channels_last (CUDA only: see above)."""
+    return device.type == "cuda"
+
+
+def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every optimizer state tensor shaped like its parameter the parameter's strides.
+
+    CUDA's fused Adam and SGD refuse a state whose layout is not its parameter's ("params,
+    grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and layout"; the CPU's
+    take it), and a state loaded from a checkpoint keeps the layout it was saved in: a CPU
+    checkpoint's is contiguous, while on CUDA the parameters are channels_last.
+
+    >>> p = torch.nn.Parameter(torch.zeros(2, 3, 4, 4).to(memory_format=torch.channels_last))
+    >>> opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    >>> opt.state[p]["momentum_buffer"] = torch.zeros(2, 3, 4, 4)
+    >>> match_parameter_layout(opt)
+    >>> opt.state[p]["momentum_buffer"].stride() == p.stride()
+    True
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the trial fails, the search goes on."""
 
@@ -152,7 +184,7 @@ class SeedRun:
             self.data.augment if augment else None,
             self.generator,
         )
-        if self.device.type == "cuda":
+        if channels_last(self.device):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -214,6 +246,7 @@ class SeedRun:
         have drawn. A float16 run's gradient scaler restarts where the new device has none."""
         self._load_trainable(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        match_parameter_layout(self.optimizer)
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"] is not None:
@@ -333,7 +366,7 @@ def start_seed_run(
     """Move a built (and frozen) model to the device and give it its optimizer and RNG."""
     net.model.to(device)
     net.head_in_float32()
-    if device.type == "cuda":
+    if channels_last(device):
         net.model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(net.trainable_parameters(), train, lr)
     scheduler = (

@@ -41,15 +41,21 @@ from lsearch.training.seed_run import (
     NonFiniteLossError,
     SeedRun,
     batch_starts,
+    channels_last,
     make_optimizer,
+    match_parameter_layout,
     mean_loss,
     smoothed_cross_entropy,
 )
 
 # The largest side (px) at which "auto" groups seeds on CUDA. Measured with the GPU check on
 # an NVIDIA H200 (docs/gpu.md, 2026-12-04): three ResNet-18 seeds together trained 1.87x the
-# seed-epochs per second of one at a time at 32 px and 1.57x at 64 px, but 0.93x at 224 px
-# (why was not profiled).
+# seed-epochs per second of one at a time at 32 px and 1.57x at 64 px, but 0.93x at 224 px.
+# torch.profiler there (scripts/profile_together.py, one epoch of three seeds): at 64 px the
+# GPU is idle most of the time (22 ms of kernels, 131 ms of launching them one seed at a time,
+# 73 ms grouped), so fewer launches win; at 224 px it is busy (98 ms of kernels alone), and
+# grouped convolutions add work: 110 ms, of it +6 ms in the backward pass and +7 ms slicing
+# channels for the groups (cuDNN's nhwcSliceC).
 AUTO_LARGEST_SIDE = 64
 
 
@@ -237,7 +243,7 @@ class SeedGroup:
         nets = [run.net for run in self.runs]
         self.net = group_models(nets)
         self.frozen_prefix = frozen_prefix(nets)
-        if runs[0].device.type == "cuda":
+        if channels_last(runs[0].device):
             self.net.model.to(memory_format=torch.channels_last)
         first = self.runs[0]
         lr = first.optimizer.param_groups[0]["lr"]
@@ -264,6 +270,7 @@ class SeedGroup:
                 else value.clone()  # Adam's step: one for all seeds, as they step together
                 for key, value in states[0].items()
             }
+        match_parameter_layout(self.optimizer)  # the stacking made them contiguous
 
     def sync_optimizers(self) -> None:
         """Copy the group's optimizer state into each seed's optimizer, whose `state_dict`
@@ -273,8 +280,12 @@ class SeedGroup:
             if not state:
                 continue
             for index, (run, param) in enumerate(zip(self.runs, params, strict=True)):
+                # In the seed's parameter's layout (channels_last on CUDA), which the slice
+                # (contiguous) lost: the seed's own optimizer may step again (see `without`).
                 run.optimizer.state[param] = {
-                    key: seed_slice(value, self.seeds, index, param.shape).clone()
+                    key: torch.empty_like(param, dtype=value.dtype).copy_(
+                        seed_slice(value, self.seeds, index, param.shape)
+                    )
                     if value.shape == grouped.shape
                     else value.clone()
                     for key, value in state.items()
