@@ -11,7 +11,8 @@ Steps: doctor; bench at each size with and without train.deterministic (and the 
 at the largest), and three seeds together against one at a time; a short ResNet-18 search on
 digits images; two reruns compared for bit-exactness (in both determinism modes); an interrupt
 and its resume, compared with an uninterrupted run; a GPU checkpoint resumed on the CPU and a
-CPU one on the GPU; float16 with the gradient scaler (forced by LSEARCH_PRECISION on a GPU that
+CPU one on the GPU; a comparison whose seeds leave their group one by one; float16 with the
+gradient scaler (forced by LSEARCH_PRECISION on a GPU that
 has bfloat16); two workers on one GPU.
 """
 
@@ -36,7 +37,7 @@ from lsearch.checks import machine as machine_check
 
 CUDA = torch.cuda.is_available()
 # One budget for the whole check: a step that cannot finish before it is not started.
-DEADLINE_S = float(os.environ.get("LSEARCH_GPU_CHECK_LIMIT_S", "290" if CUDA else "170"))
+DEADLINE_S = float(os.environ.get("LSEARCH_GPU_CHECK_LIMIT_S", "450" if CUDA else "170"))
 STARTED = time.monotonic()
 # Only the steps whose names hold this text (a rerun of what failed, within a short lease).
 ONLY = os.environ.get("LSEARCH_GPU_CHECK_ONLY", "")
@@ -45,14 +46,15 @@ ONLY = os.environ.get("LSEARCH_GPU_CHECK_ONLY", "")
 if CUDA:
     BENCH_SIZES = (32, 64, 224)
     SEARCH = ["--set", "data.image_size=224", "--set", "space.epochs=3", "--trials", "2"]
-    # Long enough for Ctrl-C to land inside the trial: on an H200 it landed about 18 epochs
-    # after the check saw the first checkpoint, and 12 (or 6) epochs ended before it.
+    # Long enough for Ctrl-C to land inside the trial: on an H200 it landed 8 to 20 epochs
+    # after the check saw the first checkpoint.
     INTERRUPT = ["--set", "data.image_size=64", "--set", "space.epochs=100", "--trials", "1"]
     SMALL = ["--set", "data.image_size=32", "--set", "space.epochs=3"]
     BENCH_SETS = {}
     BENCH_EPOCHS = 2
     # Moving between devices: small images, for the CPU side to be quick; sixty epochs, for the
-    # interrupt to land inside the trial (the first H200 run stopped at epoch 19 of 60).
+    # interrupt to land inside the trial (the H200 runs stopped at epochs 3 to 21 of 60).
+    COMPARE = ["--set", "data.image_size=32", "--set", "baseline.epochs=12"]
     CROSS = ["--set", "data.train_per_class=20", "--set", "data.val_per_class=20", "--trials",
              "1", "--set", "data.image_size=32", "--set", "space.epochs=60"]  # fmt: skip
 else:
@@ -66,13 +68,15 @@ else:
     BENCH_SETS = {"data": {"train_per_class": 4, "val_per_class": 4}}
     BENCH_EPOCHS = 1
     CROSS = INTERRUPT
+    COMPARE = [*TINY, "--set", "data.image_size=32", "--set", "baseline.epochs=6"]
 
 # ResNet-18 with random weights on digits images (1 channel, repeated to 3), upsampled.
-RESNET = ["--study", "digits", "--set", "model.name=resnet18", "--set", "model.weights=none",
-          "--set", "baseline.trainable_layers=2", "--set", "space.trainable_layers=2",
-          "--set", "train.patience=100", "--set", "pruner.type=none",
-          # The last bits of float results depend on the thread count: fix it for comparisons.
-          "--threads", str(min(8, len(os.sched_getaffinity(0))))]  # fmt: skip
+# The last bits of float results depend on the thread count: fix it for comparisons.
+MODEL = ["--study", "digits", "--set", "model.name=resnet18", "--set", "model.weights=none",
+         "--set", "baseline.trainable_layers=2",
+         "--threads", str(min(8, len(os.sched_getaffinity(0))))]  # fmt: skip
+RESNET = [*MODEL, "--set", "space.trainable_layers=2", "--set", "train.patience=100",
+          "--set", "pruner.type=none"]  # fmt: skip
 NOT_ON_CPU = "not run: needs a CUDA GPU"
 
 
@@ -281,20 +285,24 @@ def interrupted(folder: Path, size_args: list[str], first_device: str, resume_de
             worker.kill()
     if worker.returncode != 130:
         raise RuntimeError(f"the interrupted worker exited {worker.returncode}: {stderr[-800:]}")
-    succeeded(lsearch(*args, "--device", resume_device, cwd=folder))
+    resuming = lsearch(*args, "--device", resume_device, cwd=folder)
+    succeeded(resuming)
     done = [t for t in trials(storage) if t.state.name == "COMPLETE"]
     if not done:
         raise RuntimeError("the resumed trial did not complete")
     resumed = done[-1]
     if resumed.user_attrs.get("resumed_from_epoch") is None:
         # Nothing was resumed, so nothing was checked (the first H200 runs reported such steps
-        # as passed): the trial ended before Ctrl-C reached it, or its retry could not use
-        # the checkpoint. Say which, with every trial's state.
+        # as passed; their retries had failed, see match_parameter_layout): say why, with
+        # every trial's state and the resuming worker's last words.
         found = [(t.number, t.state.name, t.user_attrs.get("device", "")[:8],
-                  t.system_attrs.get("failed_trial")) for t in trials(storage)]  # fmt: skip
+                  t.system_attrs.get("failed_trial"), t.user_attrs.get("resumed_from_epoch"),
+                  t.user_attrs.get("checkpoint_error"), t.user_attrs.get("fail_reason"))
+                 for t in trials(storage)]  # fmt: skip
         raise RuntimeError(
-            f"no trial resumed: checkpoint_error={resumed.user_attrs.get('checkpoint_error')!r}; "
-            f"trials (number, state, device, retry of)={found}"
+            "no trial resumed: trials (number, state, device, retry of, resumed_from_epoch, "
+            f"checkpoint_error, fail_reason)={found}; the resuming worker's stderr ends "
+            f"{resuming.stderr.strip()[-1500:]!r}"
         )
     figures = {
         "checkpoint_epoch_at_stop": epoch,
@@ -308,6 +316,36 @@ def interrupted(folder: Path, size_args: list[str], first_device: str, resume_de
         figures["same_as_uninterrupted"] = curves(resumed) == curves(straight[0])
         figures["val_acc_uninterrupted"] = straight[0].user_attrs.get("val_acc")
     return figures
+
+
+def comparison_together(check: Check) -> dict[str, Any]:
+    """A comparison whose cells train their seeds together, each seed stopping on its own
+    (patience 1): the others go on as a smaller group and the last one alone, each with the
+    optimizer state the group handed over (on an H200 such a state's layout, contiguous where
+    the parameters were channels_last, failed every resumed grouped trial)."""
+    folder = check.work / "compare"
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{folder / 'study.db'}"
+    begun = time.monotonic()
+    succeeded(lsearch("compare", *MODEL, *COMPARE, "--grid", "label_smoothing=0,0.1",
+                      "--set", "train.seeds_together=true", "--set", "train.patience=1",
+                      "--set", "seeds=[0, 1, 2]",  # a worker groups as many seed-runs
+                      "--seeds", "0-2", "--storage", storage, "--quiet", cwd=folder))  # fmt: skip
+    import optuna
+
+    (name,) = optuna.get_all_study_names(storage)
+    found = optuna.load_study(study_name=name, storage=storage).get_trials()
+    runs: dict[float, list[int]] = {}
+    for trial in found:
+        if trial.state.name != "COMPLETE" or trial.user_attrs.get("seeds_together") is not True:
+            raise RuntimeError(f"trial {trial.number}: {trial.state.name}, "
+                               f"{trial.user_attrs.get('fail_reason')}")  # fmt: skip
+        smoothing = trial.user_attrs["config"]["label_smoothing"]
+        runs.setdefault(smoothing, []).append(trial.user_attrs["epochs_run"])
+    if all(len(set(epochs)) == 1 for epochs in runs.values()):
+        raise RuntimeError(f"every seed of a cell stopped together, so none left a group: {runs}")
+    return {"epochs_run_per_cell": {str(k): v for k, v in runs.items()},
+            "wall_s": round(time.monotonic() - begun, 1)}  # fmt: skip
 
 
 def float16(check: Check) -> dict[str, Any]:
@@ -352,6 +390,8 @@ def main() -> int:
     check.step("CPU checkpoint resumed on the GPU",
                lambda: interrupted(check.work / "to-gpu", CROSS, "cpu", "cuda", compare=False),
                cuda_only=True, needs_s=30)  # fmt: skip
+    check.step("comparison, seeds leaving their group", lambda: comparison_together(check),
+               needs_s=30)  # fmt: skip
     check.step("float16 with the gradient scaler", lambda: float16(check), cuda_only=True)
     check.step("two workers on one GPU", lambda: two_workers(check), cuda_only=True, needs_s=30)
     print(

@@ -21,6 +21,7 @@ STEPS = [
     ("interrupt and resume", False),
     ("GPU checkpoint resumed on the CPU", True),
     ("CPU checkpoint resumed on the GPU", True),
+    ("comparison, seeds leaving their group", False),
     ("float16 with the gradient scaler", True),
     ("two workers on one GPU", True),
 ]
@@ -101,6 +102,9 @@ def test_the_gpu_check_runs_every_step_on_the_cpu_and_writes_one_json(tmp_path: 
     assert interrupt["resumed_from_epoch"] >= interrupt["checkpoint_epoch_at_stop"] >= 1
     assert interrupt["same_as_uninterrupted"] is True, "the CPU resumes bit for bit"
     assert interrupt["resumed_on_other_device"] is None and interrupt["device"] == "cpu"
+    left = steps["comparison, seeds leaving their group"]["epochs_run_per_cell"]
+    assert all(len(epochs) == 3 for epochs in left.values()), left
+    assert any(len(set(epochs)) > 1 for epochs in left.values()), "a seed left its group"
     assert not list(tmp_path.glob("*.db")) and sorted(p.name for p in tmp_path.iterdir()) == [
         "gpu.json"
     ], "the check works in a folder of its own"

@@ -143,7 +143,6 @@ def carry_out(
 
     from lsearch import comparison
     from lsearch.comparison.race import check_identity
-    from lsearch.outputs.html_report import publish
     from lsearch.search.launch import check_and_load, open_spec_storage
     from lsearch.training.data import load_test_set
     from lsearch.training.devices import describe_device
@@ -164,6 +163,8 @@ def carry_out(
         comparison.record_test_use(storage, request, found)
         summary = comparison.summarise(request, found)
         # The figures and verdicts go into the studies too, for optuna-dashboard.
+        from lsearch.outputs.html_report import publish  # plotly: not needed to train
+
         publish(storage, request.search_study, summaries={request.name: summary})
         return ComparisonResult(summary, request.notes)
     finally:
