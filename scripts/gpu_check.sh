@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: bash scripts/gpu_check.sh OUT.json
 #
-# Runs lsearch's CUDA path end to end in about seven minutes on one GPU (synthetic data and
+# Runs lsearch's CUDA path end to end in minutes on one GPU (synthetic data and
 # digits images, random weights: nothing to download) and writes its figures to OUT.json.
 # On a machine without a GPU it runs the same steps at 32 px with tiny sizes and reports the
 # CUDA-only steps as not run. Exit 0 when no step failed, 1 otherwise, 2 for a usage error.
