@@ -12,8 +12,8 @@ at the largest), and three seeds together against one at a time; a short ResNet-
 digits images; two reruns compared for bit-exactness (in both determinism modes); an interrupt
 and its resume, compared with an uninterrupted run; a GPU checkpoint resumed on the CPU and a
 CPU one on the GPU; a comparison whose seeds leave their group one by one; float16 with the
-gradient scaler (forced by LSEARCH_PRECISION on a GPU that
-has bfloat16); two workers on one GPU.
+gradient scaler (forced by LSEARCH_PRECISION on a GPU that has bfloat16); two workers on one
+GPU.
 """
 
 from __future__ import annotations
@@ -321,8 +321,9 @@ def interrupted(folder: Path, size_args: list[str], first_device: str, resume_de
 def comparison_together(check: Check) -> dict[str, Any]:
     """A comparison whose cells train their seeds together, each seed stopping on its own
     (patience 1): the others go on as a smaller group and the last one alone, each with the
-    optimizer state the group handed over (on an H200 such a state's layout, contiguous where
-    the parameters were channels_last, failed every resumed grouped trial)."""
+    optimizer state the group handed over (on an H200 such states, contiguous where the
+    parameters are channels_last, failed every trial resumed there, and would have failed
+    this)."""
     folder = check.work / "compare"
     folder.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{folder / 'study.db'}"

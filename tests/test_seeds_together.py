@@ -368,8 +368,8 @@ def test_optimizer_states_take_their_parameters_layout_on_resume_and_regrouping(
 ) -> None:
     """With channels_last models, as on CUDA: a checkpoint written with contiguous tensors (on
     the CPU) resumes alone and together, a group hands its state to each seed, and a group a
-    seed left goes on, every optimizer state in its parameter's layout. On an H200 every
-    resumed grouped trial failed at its first step with the error above (2026-12-04)."""
+    seed left goes on, every optimizer state in its parameter's layout. On an H200 every trial
+    resumed on the GPU failed at its first step with the error above (2026-12-04)."""
     _, saved = _search_trial(tmp_path, monkeypatch, together=False)
     monkeypatch.setattr(seed_run, "channels_last", lambda device: True)
     monkeypatch.setattr(together, "channels_last", lambda device: True)
