@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from lsearch.bench.workload import bench_data
 from lsearch.spec import load_spec
+from lsearch.training.data import trained_side
 from lsearch.training.models import build_model
 
 
@@ -36,13 +38,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = load_spec(args.study, args.set)
-    side = spec.data.image_size or 8
-    net = build_model(spec.model, 1, 10, seed=0)
+    # Random images of the dataset's shape where it is not digits (CIFAR-10 may be absent).
+    spec, pool, _ = bench_data(spec, torch.device("cpu"), spec.data.dataset != "digits")
+    side = trained_side(spec.data)
+    net = build_model(spec.model, pool.images.shape[1], pool.num_classes, seed=0)
     net.freeze(spec.baseline.trainable_layers)
     params = [p for p in net.model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)
     images = torch.randn(spec.train.batch_size, net.in_channels, side, side)
-    labels = torch.randint(0, 10, (spec.train.batch_size,))
+    labels = torch.randint(0, pool.num_classes, (spec.train.batch_size,))
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lsearch.bench.seeds import _fresh_runs
-from lsearch.bench.workload import bench_data, random_weights
+from lsearch.bench.workload import bench_data, random_weights, trial_runs
 from lsearch.spec import load_spec
 from lsearch.training.devices import resolve_device
+from lsearch.training.features import FeatureCache
 from lsearch.training.together import SeedGroup
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     for together in (False, True):
-        runs = _fresh_runs(spec, pool, device, args.seeds)
+        runs = trial_runs(spec, pool, device, range(args.seeds), FeatureCache.for_device(device))
         group = SeedGroup(runs) if together else None
 
         def epoch(group: SeedGroup | None = group, runs: list = runs) -> None:
