@@ -277,7 +277,14 @@ def test_progress_of_the_seed_runs_is_drawn_on_a_terminal(tmp_path: Path) -> Non
     assert "seed-runs" in text and "4/4" in text and "━" in text
 
 
-def test_a_killed_compare_worker_s_seed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "together"])
+def test_a_killed_compare_worker_s_seed_runs_resume_from_their_checkpoints(
+    tmp_path: Path, together: bool
+) -> None:
+    """SIGKILL a worker in its first cell, run the same command again: every seed-run it held
+    (one alone, the cell's two as a group together) is failed as stale, and its retry resumes
+    from the checkpoint and gives the numbers of a comparison never interrupted (together, to
+    float tolerance, 1e-4 relative seen: a retry resumes alone)."""
     import signal
     import subprocess
     import time
@@ -291,6 +298,7 @@ def test_a_killed_compare_worker_s_seed_run_resumes_from_its_checkpoint(tmp_path
         "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3",
         "--set", "checkpoint.every_s=0",  # after every epoch, so the kill lands after one
         "--metric", "test_acc", "--metric", "test_ece",
+        "--set", f"train.seeds_together={str(together).lower()}",
     ]  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'crash.db'}"
     victim = subprocess.Popen(
@@ -304,8 +312,9 @@ def test_a_killed_compare_worker_s_seed_run_resumes_from_its_checkpoint(tmp_path
             trials = optuna.load_study(study_name=name, storage=storage).trials
         except KeyError:  # not created yet
             trials = []
-        pointer = trials[0].user_attrs.get("checkpoint") if trials else None
-        if pointer and pointer["epoch"] >= 2:
+        held = trials[: 2 if together else 1]  # the group of cell 0's two seed-runs, or one
+        pointers = [t.user_attrs.get("checkpoint") for t in held]
+        if len(held) == (2 if together else 1) and all(p and p["epoch"] >= 2 for p in pointers):
             break
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
@@ -313,16 +322,23 @@ def test_a_killed_compare_worker_s_seed_run_resumes_from_its_checkpoint(tmp_path
     survivor = run_lsearch(*args, "--storage", storage, "--json", cwd=tmp_path)
     assert survivor.returncode == 0, survivor.stderr
     study = optuna.load_study(study_name=name, storage=storage)
-    assert study.trials[0].state == TrialState.FAIL
-    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
-    assert retry.state == TrialState.COMPLETE and retry.params == study.trials[0].params
-    assert retry.user_attrs["resumed_from_epoch"] >= 2
-    assert retry.user_attrs["epochs_trained"] == 20 - retry.user_attrs["resumed_from_epoch"]
+    killed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.number for t in killed] == ([0, 1] if together else [0])
+    assert [t.user_attrs["seeds_together"] for t in killed] == [together] * len(killed)
+    for trial in killed:
+        (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == trial.number]
+        assert retry.state == TrialState.COMPLETE and retry.params == trial.params
+        assert retry.user_attrs["resumed_from_epoch"] >= 2
+        assert retry.user_attrs["epochs_trained"] == 20 - retry.user_attrs["resumed_from_epoch"]
     # Every cell and seed is there once, with the numbers of a comparison never interrupted.
     clean = run_lsearch(*args, "--storage", f"sqlite:///{tmp_path / 'clean.db'}", "--json",
                         cwd=tmp_path)  # fmt: skip
     assert clean.returncode == 0, clean.stderr
     resumed, reference = json.loads(survivor.stdout), json.loads(clean.stdout)
     for got, want in zip(resumed["cells"], reference["cells"], strict=True):
-        assert got["metrics"] == want["metrics"]
+        if not together:
+            assert got["metrics"] == want["metrics"]
+        for metric in ("test_acc", "test_ece"):  # 20 epochs move the last bits this far
+            expected = want["metrics"][metric]["per_seed"]
+            assert got["metrics"][metric]["per_seed"] == pytest.approx(expected, abs=1e-3)
     assert not list((tmp_path / "artifacts").iterdir()), "no checkpoint outlives its seed-run"
