@@ -4,6 +4,7 @@ without Optuna, on the CPU. Correctness only: speed is what `lsearch bench` meas
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -434,7 +435,16 @@ def test_bench_seeds_alternates_the_two_ways_and_reports_each_way_s_median(monke
     assert len({runs for _, runs in timed}) == 6, "fresh seed-runs for every timing"
     assert speed.seed_epochs_per_s == 6 / 2.0 and speed.seed_epochs_per_s_one_at_a_time == 6 / 3.0
     assert speed.ratio == 1.5 and speed.to_json()["together_over_one_at_a_time"] == 1.5
-    assert speed.conclusion().startswith("together trains 1.50x the seed-epochs per second")
+    # Each round's ratio pairs the two timings of that round: 3/1, 3/2, 4/9.
+    assert speed.to_json()["together_over_one_at_a_time_per_round"] == [3.0, 1.5, 4 / 9]
+    assert speed.conclusion() == (
+        "together trains 1.50x the seed-epochs per second of one at a time (median of 3 "
+        "alternating rounds of 2 epochs each way; rounds from 0.44x to 3.00x); the rounds "
+        "disagree on which way is faster: this machine's noise is larger than the difference, "
+        "time more --epochs"
+    )
+    agreeing = dataclasses.replace(speed, round_ratios=(1.2, 1.5, 1.4))
+    assert agreeing.conclusion().endswith("; rounds from 1.20x to 1.50x)")
 
 
 def test_bench_seeds_trains_every_seed_each_epoch_both_ways(monkeypatch) -> None:
@@ -473,6 +483,7 @@ def test_bench_seeds_json_runs_without_optuna_and_refuses_one_seed(tmp_path) -> 
     assert out["seeds"] == 2 and out["study"] == "digits" and out["device"] == "cpu"
     ratio = out["seed_epochs_per_s"] / out["seed_epochs_per_s_one_at_a_time"]
     assert out["together_over_one_at_a_time"] == pytest.approx(ratio)
+    assert len(out["together_over_one_at_a_time_per_round"]) == out["rounds"] == 3
     assert out["frozen_prefix"] == "none", "every layer of digits' baseline trains"
     one = run_lsearch("bench", "--seeds", "1", *TINY, cwd=tmp_path)
     assert one.returncode == 2 and "Traceback" not in one.stderr

@@ -42,6 +42,9 @@ class SeedsSpeed:
     seed_epochs_per_s: float  # together
     seed_epochs_per_s_one_at_a_time: float
     frozen_prefix: str  # "shared" (run once for all seeds), "per seed" or "none"
+    # Each round's ratio (one at a time's seconds over together's, the two timed back to
+    # back): their spread is the machine's noise, which a median alone would hide.
+    round_ratios: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -58,10 +61,21 @@ class SeedsSpeed:
         return [[label, f"{rate:,.1f}", f"{1000 / rate:,.1f}"] for label, rate in both]
 
     def conclusion(self) -> str:
-        return (
+        """The ratio, the rounds' spread, and a hint where the rounds disagree on the winner."""
+        text = (
             f"together trains {self.ratio:.2f}x the seed-epochs per second of one at a time "
-            f"(median of {self.rounds} alternating rounds of {self.epochs} epochs each way)"
+            f"(median of {self.rounds} alternating rounds of {self.epochs} epochs each way"
         )
+        if len(self.round_ratios) < 2:
+            return text + ")"
+        low, high = min(self.round_ratios), max(self.round_ratios)
+        text += f"; rounds from {low:.2f}x to {high:.2f}x)"
+        if low < 1 < high:
+            text += (
+                "; the rounds disagree on which way is faster: this machine's noise is larger "
+                "than the difference, time more --epochs"
+            )
+        return text
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +87,7 @@ class SeedsSpeed:
             "seed_epochs_per_s": self.seed_epochs_per_s,
             "seed_epochs_per_s_one_at_a_time": self.seed_epochs_per_s_one_at_a_time,
             "together_over_one_at_a_time": self.ratio,
+            "together_over_one_at_a_time_per_round": list(self.round_ratios),
             "frozen_prefix": self.frozen_prefix,
             "basis": "a seed-epoch trains one seed an epoch and evaluates it; the median of "
             f"{self.rounds} alternating rounds of {self.epochs} epochs each way, after a warm-up",
@@ -136,4 +151,7 @@ def measure_seeds_together(
         seed_epochs_per_s=seed_epochs / statistics.median(times[True]),
         seed_epochs_per_s_one_at_a_time=seed_epochs / statistics.median(times[False]),
         frozen_prefix=frozen_prefix([run.net for run in _fresh_runs(spec, pool, device, seeds)]),
+        round_ratios=tuple(
+            alone / together for alone, together in zip(times[False], times[True], strict=True)
+        ),
     )
