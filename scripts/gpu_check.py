@@ -155,12 +155,13 @@ def succeeded(result: subprocess.CompletedProcess[str]) -> None:
         raise RuntimeError(f"exit {result.returncode}: {result.stderr.strip()[-1500:]}")
 
 
-def trials(storage: str) -> list[Any]:
-    """The trials of the check's study (every step runs the digits study file)."""
+def trials(storage: str, study: str | None = "digits") -> list[Any]:
+    """The trials of the check's study: the searches run the digits study file; None, the
+    storage's only study (a comparison's)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna.load_study(study_name="digits", storage=storage).get_trials()
+    return optuna.load_study(study_name=study, storage=storage).get_trials()
 
 
 def curves(trial: Any) -> dict[str, Any]:
@@ -338,12 +339,8 @@ def comparison_together(check: Check) -> dict[str, Any]:
                       "--set", "train.seeds_together=true", "--set", "train.patience=1",
                       "--set", "seeds=[0, 1, 2]",  # a worker groups as many seed-runs
                       "--seeds", "0-2", "--storage", storage, "--quiet", cwd=folder))  # fmt: skip
-    import optuna
-
-    (name,) = optuna.get_all_study_names(storage)
-    found = optuna.load_study(study_name=name, storage=storage).get_trials()
     runs: dict[float, list[int]] = {}
-    for trial in found:
+    for trial in trials(storage, study=None):
         if trial.state.name != "COMPLETE" or trial.user_attrs.get("seeds_together") is not True:
             raise RuntimeError(f"trial {trial.number}: {trial.state.name}, "
                                f"{trial.user_attrs.get('fail_reason')}")  # fmt: skip

@@ -338,6 +338,7 @@ def test_a_killed_compare_worker_s_seed_runs_resume_from_their_checkpoints(
     for got, want in zip(resumed["cells"], reference["cells"], strict=True):
         if not together:
             assert got["metrics"] == want["metrics"]
+            continue
         for metric in ("test_acc", "test_ece"):  # 20 epochs move the last bits this far
             expected = want["metrics"][metric]["per_seed"]
             assert got["metrics"][metric]["per_seed"] == pytest.approx(expected, abs=1e-3)

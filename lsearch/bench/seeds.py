@@ -44,7 +44,7 @@ class SeedsSpeed:
     frozen_prefix: str  # "shared" (run once for all seeds), "per seed" or "none"
     # Each round's ratio (one at a time's seconds over together's, the two timed back to
     # back): their spread is the machine's noise, which a median alone would hide.
-    round_ratios: tuple[float, ...] = ()
+    round_ratios: tuple[float, ...]
 
     @property
     def ratio(self) -> float:

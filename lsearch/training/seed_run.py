@@ -35,6 +35,11 @@ def channels_last(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def in_parameter_layout(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A copy of `value` (shaped like `param`) with `param`'s strides and `value`'s dtype."""
+    return torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
     """Give every optimizer state tensor shaped like its parameter the parameter's strides.
 
@@ -59,7 +64,7 @@ def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
                     and value.shape == param.shape
                     and value.stride() != param.stride()
                 ):
-                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                    state[key] = in_parameter_layout(param, value)
 
 
 class NonFiniteLossError(RuntimeError):

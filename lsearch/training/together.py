@@ -42,6 +42,7 @@ from lsearch.training.seed_run import (
     SeedRun,
     batch_starts,
     channels_last,
+    in_parameter_layout,
     make_optimizer,
     match_parameter_layout,
     mean_loss,
@@ -283,8 +284,8 @@ class SeedGroup:
                 # In the seed's parameter's layout (channels_last on CUDA), which the slice
                 # (contiguous) lost: the seed's own optimizer may step again (see `without`).
                 run.optimizer.state[param] = {
-                    key: torch.empty_like(param, dtype=value.dtype).copy_(
-                        seed_slice(value, self.seeds, index, param.shape)
+                    key: in_parameter_layout(
+                        param, seed_slice(value, self.seeds, index, param.shape)
                     )
                     if value.shape == grouped.shape
                     else value.clone()
